@@ -1,0 +1,128 @@
+"""LGN-Net: the local (spatiotemporal) and global (prototype memory) branches assembled."""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import torch
+from torch import nn
+
+from model.memory import (
+    feature_distance,
+    flatten_query,
+    memory_losses,
+    read_memory,
+    update_memory,
+)
+from model.prototype import PrototypeDecoder, PrototypeEncoder
+from model.spatiotemporal import SpatioTemporalBranch, make_fusion_head
+
+
+class TrainOutput(NamedTuple):
+    prediction: torch.Tensor  # (B, c, H, W) in [-1, 1]
+    items: torch.Tensor  # (M, D) updated memory items, detached
+    compactness: torch.Tensor  # scalar
+    separateness: torch.Tensor  # scalar
+
+
+class InferOutput(NamedTuple):
+    prediction: torch.Tensor  # (B, c, H, W) in [-1, 1]
+    queries: torch.Tensor  # (B*h*w, D) unit-norm, fp32
+    feature_distance: torch.Tensor  # scalar, mean over all queries of the batch
+
+
+class Encoded(NamedTuple):
+    """The memory-independent part of a forward pass."""
+
+    features: torch.Tensor  # (B, D, H/8, W/8) prototype-encoder output
+    spatiotemporal: torch.Tensor  # (B, 64, H, W) fused local-normality map
+
+
+class LGNNet(nn.Module):
+    """LGN-Net at the paper's sizes by default (22,753,667 parameters with the reference's
+    unused BatchNorm(512); 22,752,643 without it).
+
+    Attribute names match the reference release, so its state_dicts load unchanged.
+    The memory items are not part of the module: they are passed in and returned, as in
+    the reference, so training, evaluation and distributed code own that state explicitly.
+    """
+
+    def __init__(
+        self,
+        channels: int = 3,
+        t_length: int = 5,
+        msize: int = 10,
+        fdim: int = 512,
+        mdim: int = 512,
+        hidden: int = 128,
+        num_layers: int = 4,
+    ) -> None:
+        super().__init__()
+        if fdim != mdim:
+            raise ValueError(f"fdim ({fdim}) must equal mdim ({mdim}): queries are read as items")
+        if t_length < 2:
+            raise ValueError(f"t_length must be at least 2, got {t_length}")
+        self.channels = channels
+        self.t_length = t_length
+        self.msize = msize
+        self.fdim = fdim
+        self.mdim = mdim
+        self.encoder = PrototypeEncoder((t_length - 1) * channels, fdim)
+        self.decoder = PrototypeDecoder(mdim, channels)
+        self.pred = SpatioTemporalBranch(channels, hidden, num_layers)
+        self.st_decoder = make_fusion_head(hidden)
+
+    def check_input(self, frames: torch.Tensor) -> None:
+        """Raise ``ValueError`` unless frames are ``(B, (t_length-1)*c, H, W)``, H, W % 8 == 0."""
+        expected = (self.t_length - 1) * self.channels
+        if frames.dim() != 4 or frames.shape[1] != expected:
+            raise ValueError(
+                f"expected input frames of shape (B, {expected}, H, W), got {tuple(frames.shape)}"
+            )
+        height, width = frames.shape[-2:]
+        if height % 8 or width % 8:
+            raise ValueError(f"frame height and width must be multiples of 8, got {height}x{width}")
+
+    def encode(self, frames: torch.Tensor) -> Encoded:
+        """Memory-independent work: prototype features and the spatiotemporal map.
+
+        Args:
+            frames: ``(B, (t_length-1)*c, H, W)`` in [-1, 1], input frames in time order.
+        """
+        self.check_input(frames)
+        features = self.encoder(frames)
+        hidden, memory = self.pred(frames)
+        spatiotemporal = self.st_decoder(torch.cat([hidden, memory], dim=1))
+        return Encoded(features, spatiotemporal)
+
+    def decode(self, memory_read: torch.Tensor, spatiotemporal: torch.Tensor) -> torch.Tensor:
+        """Predicted next frame ``(B, c, H, W)`` in [-1, 1] from the memory read and the map."""
+        return self.decoder(memory_read.to(spatiotemporal.dtype), spatiotemporal)
+
+    def forward_train(self, frames: torch.Tensor, items: torch.Tensor) -> TrainOutput:
+        """Training step forward: losses and the read use ``items`` before the update."""
+        encoded = self.encode(frames)
+        queries = flatten_query(encoded.features)
+        read = read_memory(queries, items, encoded.features.shape)
+        prediction = self.decode(read, encoded.spatiotemporal)
+        losses = memory_losses(queries, items)
+        new_items = update_memory(queries.detach(), items)
+        return TrainOutput(prediction, new_items, losses.compactness, losses.separateness)
+
+    def forward_infer(self, frames: torch.Tensor, items: torch.Tensor) -> InferOutput:
+        """Inference forward; the memory is not updated (use :func:`update_memory`)."""
+        encoded = self.encode(frames)
+        return self.infer_from_encoded(encoded, items)
+
+    def infer_from_encoded(self, encoded: Encoded, items: torch.Tensor) -> InferOutput:
+        """Memory read, decoding and feature distance for already-encoded windows."""
+        queries = flatten_query(encoded.features)
+        read = read_memory(queries, items, encoded.features.shape)
+        prediction = self.decode(read, encoded.spatiotemporal)
+        return InferOutput(prediction, queries, feature_distance(queries, items))
+
+    def forward(
+        self, frames: torch.Tensor, items: torch.Tensor, train: bool = True
+    ) -> TrainOutput | InferOutput:
+        """``forward_train`` when ``train`` else ``forward_infer`` (the reference's signature)."""
+        return self.forward_train(frames, items) if train else self.forward_infer(frames, items)

@@ -1,0 +1,129 @@
+"""The prototype memory of MNAD / LGN-Net: M unit-norm items of dimension D, no learnable weights.
+
+Everything here works on plain tensors and runs in fp32 (inputs in lower precision are
+upcast), because the item update divides and re-normalises small differences.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import torch
+import torch.nn.functional as F
+
+
+def init_memory_items(
+    msize: int = 10,
+    mdim: int = 512,
+    generator: torch.Generator | None = None,
+    device: torch.device | str | None = None,
+) -> torch.Tensor:
+    """Fresh items: L2-normalised uniform[0, 1) noise, ``(msize, mdim)`` fp32."""
+    items = torch.rand(msize, mdim, generator=generator)
+    return F.normalize(items, dim=1).to(device)
+
+
+def flatten_query(features: torch.Tensor) -> torch.Tensor:
+    """Encoder features ``(B, D, h, w)`` -> unit-norm queries ``(B*h*w, D)`` fp32.
+
+    Rows are ordered batch-major, then row, then column (the reference's permute order).
+    """
+    queries = features.float().permute(0, 2, 3, 1).reshape(-1, features.shape[1])
+    return F.normalize(queries, dim=1)
+
+
+def similarity(queries: torch.Tensor, items: torch.Tensor) -> torch.Tensor:
+    """Raw scores ``S = q · Mᵀ``, ``(N, M)``, in fp32 even inside an autocast region."""
+    with torch.autocast(queries.device.type, enabled=False):
+        return queries.float() @ items.float().t()
+
+
+def read_memory(
+    queries: torch.Tensor, items: torch.Tensor, feature_shape: torch.Size
+) -> torch.Tensor:
+    """Memory read: softmax over items (per query), weights detached, times the items.
+
+    Args:
+        queries: ``(N, D)`` unit-norm queries, N = B*h*w.
+        items: ``(M, D)``.
+        feature_shape: ``(B, D, h, w)`` of the encoder features the queries came from.
+
+    Returns:
+        The read ``(B, D, h, w)``.
+    """
+    score_memory = torch.softmax(similarity(queries, items), dim=1).detach()
+    batch, dim, height, width = feature_shape
+    with torch.autocast(queries.device.type, enabled=False):
+        read = score_memory @ items.float()
+    return read.reshape(batch, height, width, dim).permute(0, 3, 1, 2)
+
+
+def item_update_terms(
+    queries: torch.Tensor, items: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Per-item pieces of the update rule, before any cross-process reduction.
+
+    Returns ``(scores, assignment, column_max)``: raw scores ``(N, M)``, each query's best
+    item ``(N,)``, and the maximum raw score of each item over the N queries ``(M,)``.
+    """
+    scores = similarity(queries, items)
+    return scores, scores.argmax(dim=1), scores.max(dim=0).values
+
+
+def summed_query_updates(
+    queries: torch.Tensor,
+    scores: torch.Tensor,
+    assignment: torch.Tensor,
+    column_max: torch.Tensor,
+) -> torch.Tensor:
+    """``Σ_j (score_query[j,i] / max_k score_query[k,i]) · q_j`` over queries assigned to item i.
+
+    score_query is a softmax over the N queries, so its ratio to the column maximum is
+    ``exp(S[j,i] - max_k S[k,i])``: the softmax denominator cancels. Computing it this way
+    is stabler, and lets several processes combine their queries with a max and a sum.
+    Items with no query get a zero row. Returns ``(M, D)``.
+    """
+    ratio = torch.exp(scores - column_max.unsqueeze(0))
+    weight = ratio.gather(1, assignment.unsqueeze(1))
+    updates = queries.new_zeros(scores.shape[1], queries.shape[1])
+    return updates.index_add_(0, assignment, weight * queries)
+
+
+@torch.no_grad()
+def update_memory(queries: torch.Tensor, items: torch.Tensor) -> torch.Tensor:
+    """The memory update rule of SPEC, vectorised.
+
+    Args:
+        queries: ``(N, D)`` unit-norm queries (from :func:`flatten_query`).
+        items: ``(M, D)`` current items.
+
+    Returns:
+        New items ``normalise(M + Σ weighted assigned queries)``, ``(M, D)``, detached.
+    """
+    queries, items = queries.float(), items.float()
+    scores, assignment, column_max = item_update_terms(queries, items)
+    updates = summed_query_updates(queries, scores, assignment, column_max)
+    return F.normalize(items + updates, dim=1)
+
+
+class MemoryLosses(NamedTuple):
+    compactness: torch.Tensor
+    separateness: torch.Tensor
+
+
+def memory_losses(queries: torch.Tensor, items: torch.Tensor) -> MemoryLosses:
+    """Compactness (MSE to the best item) and separateness (triplet margin 1.0, L2, with the
+    best item as positive and the second best as negative). Items are detached."""
+    items = items.detach()
+    top2 = similarity(queries, items).topk(2, dim=1).indices
+    best, second = items[top2[:, 0]], items[top2[:, 1]]
+    compactness = F.mse_loss(queries, best)
+    separateness = F.triplet_margin_loss(queries, best, second, margin=1.0)
+    return MemoryLosses(compactness, separateness)
+
+
+def feature_distance(queries: torch.Tensor, items: torch.Tensor) -> torch.Tensor:
+    """Mean squared distance between each query and its best item over all N·D values
+    (a scalar)."""
+    best = similarity(queries, items).argmax(dim=1)
+    return ((queries - items[best]) ** 2).mean()
