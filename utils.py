@@ -2,11 +2,19 @@
 
 from __future__ import annotations
 
+import contextlib
+import math
 import os
+import sys
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
+
+import numpy as np
+import torch
+from scipy.ndimage import gaussian_filter1d
+from sklearn.metrics import roc_auc_score, roc_curve
 
 
 class InputError(Exception):
@@ -31,3 +39,132 @@ def atomic_write(path: str | os.PathLike, write: Callable[[Path], Any]) -> None:
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+# --------------------------------------------------------------------------- devices
+
+
+def resolve_device(name: str = "auto") -> torch.device:
+    """``auto`` -> CUDA when available, else CPU; anything else is passed to torch.device."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError as error:
+        raise InputError(
+            f"--device {name!r} is not a device name ({error}); use auto, cpu or cuda"
+        ) from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise InputError(f"--device {name} asked for CUDA, but none is available; use --device cpu")
+    return device
+
+
+def cpu_has_fast_bf16() -> bool:
+    """Whether this CPU computes bf16 natively (AVX512-BF16 or AMX); elsewhere bf16 is
+    emulated and several times slower than fp32."""
+    capability = torch.backends.cpu.get_cpu_capability().upper()
+    if "AMX" in capability or "BF16" in capability:
+        return True
+    flags = ""
+    try:
+        flags = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        pass
+    return "avx512_bf16" in flags or "amx_bf16" in flags
+
+
+def resolve_precision(precision: str, device: torch.device) -> torch.dtype | None:
+    """Map ``--precision`` to an autocast dtype, or None for plain fp32.
+
+    ``auto``: bf16 on CPUs that compute it natively, bf16 (or fp16 where bf16 is missing)
+    on CUDA, fp32 otherwise.
+    """
+    if precision == "fp32":
+        return None
+    if precision == "bf16":
+        return torch.bfloat16
+    if precision == "fp16":
+        return torch.float16
+    if precision != "auto":
+        raise InputError(f"--precision {precision!r} is unknown; use auto, fp32, bf16 or fp16")
+    if device.type == "cuda":
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    if device.type == "cpu" and cpu_has_fast_bf16():
+        return torch.bfloat16
+    return None
+
+
+def autocast(device: torch.device, dtype: torch.dtype | None) -> contextlib.AbstractContextManager:
+    """An autocast region for ``dtype``, or a no-op for fp32."""
+    if dtype is None:
+        return contextlib.nullcontext()
+    return torch.autocast(device.type, dtype=dtype)
+
+
+# --------------------------------------------------------------------------- scoring
+
+
+def psnr_from_mse(mse: float) -> float:
+    """PSNR in dB of images in [0, 1]: ``10·log10(1 / mse)``."""
+    return float(10.0 * math.log10(1.0 / max(mse, 1e-12)))
+
+
+def frame_errors(prediction: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """Per-pixel squared error ``((pred+1)/2 - (gt+1)/2)²`` of frames in [-1, 1], fp32."""
+    return (((prediction.float() + 1) / 2 - (target.float() + 1) / 2) ** 2).float()
+
+
+def point_score(errors: torch.Tensor) -> float:
+    """Error-weighted mean error ``Σ w·e / Σ w`` with ``w = 1 - exp(-e)``: gates the
+    test-time memory update (update when below gamma)."""
+    weights = 1 - torch.exp(-errors)
+    return float((weights * errors).sum() / weights.sum().clamp_min(1e-12))
+
+
+def minmax_normalize(values: np.ndarray) -> np.ndarray:
+    """Scale to [0, 1] by the array's own min and max; a constant array maps to zeros."""
+    values = np.asarray(values, dtype=np.float64)
+    span = values.max() - values.min() if values.size else 0.0
+    if span <= 0:
+        return np.zeros_like(values)
+    return (values - values.min()) / span
+
+
+def normality_scores(psnr: np.ndarray, distance: np.ndarray, lambda_: float = 0.6) -> np.ndarray:
+    """Per-video fusion: ``λ·minmax(psnr) + (1-λ)·(1 - minmax(distance))``; 1 = normal."""
+    return lambda_ * minmax_normalize(psnr) + (1 - lambda_) * (1 - minmax_normalize(distance))
+
+
+def smooth_scores(scores: np.ndarray, sigma: float) -> np.ndarray:
+    """Gaussian temporal smoothing (sigma in frames); ``sigma <= 0`` returns the input."""
+    if sigma <= 0:
+        return np.asarray(scores, dtype=np.float64)
+    return gaussian_filter1d(np.asarray(scores, dtype=np.float64), sigma, mode="nearest")
+
+
+def frame_auc(normality: np.ndarray, labels: np.ndarray) -> float:
+    """ROC AUC of the normality scores against ``1 - label`` (labels: 1 = abnormal)."""
+    return float(roc_auc_score(1 - np.asarray(labels), normality))
+
+
+def equal_error_rate(normality: np.ndarray, labels: np.ndarray) -> float:
+    """Equal error rate of the anomaly detector that flags low normality scores."""
+    fpr, tpr, _ = roc_curve(1 - np.asarray(labels), normality)
+    fnr = 1 - tpr
+    index = int(np.nanargmin(np.abs(fnr - fpr)))
+    return float((fpr[index] + fnr[index]) / 2)
+
+
+# --------------------------------------------------------------------------- CLI plumbing
+
+
+def run_cli(main: Callable[[Any], Any], args: Any) -> None:
+    """Run a CLI ``main(args)``: an :class:`InputError` (or Ctrl-C) ends the process with a
+    one-line message and a non-zero exit instead of a traceback, unless ``args.debug``."""
+    try:
+        main(args)
+    except InputError as error:
+        if getattr(args, "debug", False):
+            raise
+        print(f"error: {error}", file=sys.stderr)
+        sys.exit(2)
