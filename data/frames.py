@@ -1,0 +1,292 @@
+"""Frame trees on disk -> windows of consecutive frames for training and evaluation.
+
+A dataset folder holds ``training/`` and ``testing/`` (``train/`` and ``test/`` also work),
+each with one folder per video, either under ``frames/`` or directly. Frames are ordered by
+file name within a video and videos by folder name; digit runs compare as numbers, so
+``2.jpg`` comes before ``10.jpg`` and zero-padded names sort as usual. Frames are addressed by
+position, never by the number in their name, so trees that start at ``001`` work.
+
+Every frame is decoded once per run (``FrameCache``), optionally once per machine
+(``cache_dir``), instead of once per window as in the reference loader.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+
+import cv2
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from utils import InputError, atomic_write
+
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff")
+SPLIT_FOLDER_NAMES = {"training": ("training", "train"), "testing": ("testing", "test")}
+# Bump when the on-disk cache layout or decoding changes, so stale caches are not reused.
+_CACHE_VERSION = 1
+
+
+@dataclass(frozen=True)
+class Video:
+    """One video: its folder name and its frame files in playback order."""
+
+    name: str
+    frame_paths: tuple[Path, ...]
+
+    def __len__(self) -> int:
+        return len(self.frame_paths)
+
+
+def natural_sort_key(name: str) -> tuple:
+    """Sort key that compares digit runs as numbers (``2`` < ``10``), then the plain name."""
+    parts = re.split(r"(\d+)", name)
+    return (tuple(int(part) if i % 2 else part for i, part in enumerate(parts)), name)
+
+
+def find_split_dir(dataset_dir: Path, split: str) -> Path:
+    """The folder whose subfolders are the videos of ``split`` ("training" or "testing").
+
+    Accepts ``training``/``train`` and ``testing``/``test``; returns ``<split>/frames`` when
+    it exists, else the split folder itself.
+    """
+    if split not in SPLIT_FOLDER_NAMES:
+        raise ValueError(f"split must be 'training' or 'testing', got {split!r}")
+    dataset_dir = Path(dataset_dir)
+    if not dataset_dir.is_dir():
+        raise InputError(
+            f"dataset folder {dataset_dir} does not exist; it should contain "
+            f"'training/' and 'testing/' folders of videos (check --dataset_path/--dataset_type)"
+        )
+    for folder_name in SPLIT_FOLDER_NAMES[split]:
+        split_dir = dataset_dir / folder_name
+        if split_dir.is_dir():
+            frames_dir = split_dir / "frames"
+            return frames_dir if frames_dir.is_dir() else split_dir
+    raise InputError(
+        f"no '{split}' folder in {dataset_dir}; expected {dataset_dir / split} "
+        f"(or {dataset_dir / SPLIT_FOLDER_NAMES[split][1]}) holding one folder per video"
+    )
+
+
+def _is_image(path: Path) -> bool:
+    # Dot-files (e.g. macOS "._001.jpg" resource forks) carry image extensions but no image.
+    return (
+        path.suffix.lower() in IMAGE_EXTENSIONS and not path.name.startswith(".") and path.is_file()
+    )
+
+
+def list_videos(split_dir: Path) -> list[Video]:
+    """Videos under ``split_dir`` (one subfolder each), sorted by name; see module notes."""
+    split_dir = Path(split_dir)
+    if not split_dir.is_dir():
+        raise InputError(f"video folder {split_dir} does not exist")
+    video_dirs = sorted(
+        (entry for entry in split_dir.iterdir() if entry.is_dir() and entry.name[0] != "."),
+        key=lambda entry: natural_sort_key(entry.name),
+    )
+    if not video_dirs:
+        raise InputError(
+            f"no video folders in {split_dir}; put each video's frames in its own subfolder "
+            f"(e.g. {split_dir / '01' / '000.jpg'})"
+        )
+    videos = []
+    for video_dir in video_dirs:
+        frames = sorted(
+            (entry for entry in video_dir.iterdir() if _is_image(entry)),
+            key=lambda entry: natural_sort_key(entry.name),
+        )
+        if not frames:
+            raise InputError(
+                f"video folder {video_dir} has no image files "
+                f"({', '.join(IMAGE_EXTENSIONS)}); remove it or add its frames"
+            )
+        videos.append(Video(video_dir.name, tuple(frames)))
+    return videos
+
+
+def decode_frame(path: Path, height: int, width: int) -> np.ndarray:
+    """Read one image as BGR (grey becomes 3 channels), bilinear-resized: uint8 ``(H, W, 3)``."""
+    image = cv2.imread(str(path), cv2.IMREAD_COLOR)
+    if image is None:
+        raise InputError(f"cannot read image {path}; the file is corrupt or not an image")
+    return cv2.resize(image, (width, height), interpolation=cv2.INTER_LINEAR)
+
+
+def _video_fingerprint(video: Video) -> str:
+    """Hash of the frame paths with their sizes and mtimes: changes when any frame changes."""
+    digest = hashlib.sha256(f"v{_CACHE_VERSION}".encode())
+    for path in video.frame_paths:
+        stat = path.stat()
+        digest.update(f"{path.resolve()}\0{stat.st_size}\0{stat.st_mtime_ns}\n".encode())
+    return digest.hexdigest()[:20]
+
+
+class FrameCache:
+    """Decoded, resized frames per video, each file decoded at most once per run.
+
+    With ``cache_dir`` the frames of each video are also kept as ``.npy`` under
+    ``<cache_dir>/<H>x<W>/<video>-<fingerprint>.npy``; the fingerprint covers the frame paths,
+    sizes and modification times, so an edited frame tree is decoded afresh.
+    """
+
+    def __init__(self, height: int, width: int, cache_dir: Path | None = None):
+        self.height = int(height)
+        self.width = int(width)
+        self.cache_dir = None if cache_dir is None else Path(cache_dir)
+        self._memory: dict[tuple[str, tuple[Path, ...]], np.ndarray] = {}
+
+    def _disk_path(self, video: Video) -> Path | None:
+        if self.cache_dir is None:
+            return None
+        safe_name = re.sub(r"[^\w.-]", "_", video.name)
+        size_dir = self.cache_dir / f"{self.height}x{self.width}"
+        return size_dir / f"{safe_name}-{_video_fingerprint(video)}.npy"
+
+    def _load_from_disk(self, path: Path | None, num_frames: int) -> np.ndarray | None:
+        if path is None or not path.is_file():
+            return None
+        try:
+            frames = np.load(path, allow_pickle=False)
+        except (OSError, ValueError):
+            return None  # unreadable cache entry: decode again and overwrite it
+        if frames.dtype != np.uint8 or frames.shape != (num_frames, self.height, self.width, 3):
+            return None
+        return frames
+
+    def is_decoded(self, video: Video) -> bool:
+        """Whether ``get(video)`` is served from memory without touching the image files."""
+        return (video.name, video.frame_paths) in self._memory
+
+    def get(self, video: Video, progress: tqdm | None = None) -> np.ndarray:
+        """All frames of ``video``: uint8 ``(T, H, W, 3)`` BGR.
+
+        ``progress`` (optional) is advanced by one per frame actually decoded.
+        """
+        key = (video.name, video.frame_paths)
+        frames = self._memory.get(key)
+        if frames is not None:
+            return frames
+        disk_path = self._disk_path(video)
+        frames = self._load_from_disk(disk_path, len(video))
+        if frames is None:
+            frames = np.empty((len(video), self.height, self.width, 3), dtype=np.uint8)
+            for index, path in enumerate(video.frame_paths):
+                frames[index] = decode_frame(path, self.height, self.width)
+                if progress is not None:
+                    progress.update(1)
+            if disk_path is not None:
+                self._save_to_disk(disk_path, frames)
+        self._memory[key] = frames
+        return frames
+
+    @staticmethod
+    def _save_to_disk(path: Path, frames: np.ndarray) -> None:
+        def write(tmp_path: Path) -> None:
+            # np.save on a name would append ".npy" to the temp name; a handle writes in place.
+            with open(tmp_path, "wb") as handle:
+                np.save(handle, frames)
+
+        try:
+            atomic_write(path, write)
+        except OSError as error:
+            # The cache is an optimisation: a full or read-only disk must not stop training.
+            warnings.warn(f"could not write frame cache {path}: {error}", stacklevel=3)
+
+
+def frames_to_tensor(frames: np.ndarray | torch.Tensor) -> torch.Tensor:
+    """uint8 ``(..., H, W, 3)`` -> float32 ``(..., 3, H, W)`` in [-1, 1] (x / 127.5 - 1)."""
+    tensor = torch.as_tensor(frames)
+    if tensor.ndim < 3 or tensor.shape[-1] != 3:
+        raise ValueError(f"expected frames shaped (..., H, W, 3), got {tuple(tensor.shape)}")
+    return (tensor.movedim(-1, -3).float() / 127.5 - 1.0).contiguous()
+
+
+class FrameWindowDataset(torch.utils.data.Dataset):
+    """Every run of ``t_length`` consecutive frames (stride 1) of every video.
+
+    Item ``i`` is float32 ``(t_length * 3, H, W)`` in [-1, 1]: frames stacked on channels in
+    time order, so the first ``(t_length - 1) * 3`` channels are the input and the last 3 the
+    frame to predict. All frames are decoded up front into memory, which DataLoader worker
+    processes then share instead of decoding again.
+    """
+
+    def __init__(
+        self,
+        videos: list[Video],
+        height: int,
+        width: int,
+        t_length: int = 5,
+        cache: FrameCache | None = None,
+    ):
+        if t_length < 1:
+            raise ValueError(f"t_length must be at least 1, got {t_length}")
+        self.height = int(height)
+        self.width = int(width)
+        self.t_length = int(t_length)
+        self.cache = cache if cache is not None else FrameCache(height, width)
+        if (self.cache.height, self.cache.width) != (self.height, self.width):
+            raise ValueError(
+                f"cache holds {self.cache.height}x{self.cache.width} frames, "
+                f"dataset wants {self.height}x{self.width}"
+            )
+        self.videos: list[Video] = []
+        self.skipped: list[str] = []
+        for video in videos:
+            if len(video) < self.t_length:
+                warnings.warn(
+                    f"skipping video {video.name!r}: {len(video)} frames, fewer than "
+                    f"t_length={self.t_length}",
+                    stacklevel=2,
+                )
+                self.skipped.append(video.name)
+            else:
+                self.videos.append(video)
+        self._frames = self._decode_all()
+        self.windows: list[tuple[int, int]] = [
+            (video_index, start)
+            for video_index, video in enumerate(self.videos)
+            for start in range(len(video) - self.t_length + 1)
+        ]
+
+    def _decode_all(self) -> list[np.ndarray]:
+        frames_to_decode = sum(len(v) for v in self.videos if not self.cache.is_decoded(v))
+        # A bar only where decoding takes a while, and only on a terminal (disable=None).
+        with tqdm(
+            total=frames_to_decode,
+            desc="loading frames",
+            unit="frame",
+            leave=False,
+            mininterval=1.0,
+            disable=frames_to_decode < 500 or None,
+        ) as progress:
+            return [self.cache.get(video, progress) for video in self.videos]
+
+    def __len__(self) -> int:
+        return len(self.windows)
+
+    def __getitem__(self, index: int) -> torch.Tensor:
+        video_index, start = self.windows[index]
+        window = self._frames[video_index][start : start + self.t_length]
+        return frames_to_tensor(window).reshape(-1, self.height, self.width)
+
+    def video_frames(self, video_index: int) -> np.ndarray:
+        """All frames of ``self.videos[video_index]``: uint8 ``(T, H, W, 3)`` BGR."""
+        return self._frames[video_index]
+
+
+def open_split(
+    dataset_dir: Path,
+    split: str,
+    height: int,
+    width: int,
+    t_length: int = 5,
+    cache_dir: Path | None = None,
+) -> FrameWindowDataset:
+    """Windows of one split ("training" or "testing") of the dataset in ``dataset_dir``."""
+    videos = list_videos(find_split_dir(dataset_dir, split))
+    return FrameWindowDataset(videos, height, width, t_length, FrameCache(height, width, cache_dir))
