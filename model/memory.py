@@ -49,8 +49,10 @@ def read_memory(
         feature_shape: ``(B, D, h, w)`` of the encoder features the queries came from.
 
     Returns:
-        The read ``(B, D, h, w)``.
+        The read ``(B, D, h, w)``. It carries no gradient to the items (the memory has no
+        learnable parameters; it changes only through :func:`update_memory`).
     """
+    items = items.detach()
     score_memory = torch.softmax(similarity(queries, items), dim=1).detach()
     batch, dim, height, width = feature_shape
     with torch.autocast(queries.device.type, enabled=False):
