@@ -199,7 +199,7 @@ def train_one_epoch(
             ("compact", out.compactness),
             ("separate", out.separateness),
         ):
-            totals[key] += float(value)
+            totals[key] += float(value.detach())
         bar.set_postfix({k: f"{v / count:.4f}" for k, v in totals.items()})
         if stop:
             break
