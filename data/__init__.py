@@ -1,0 +1,29 @@
+"""Datasets for LGN-Net: frame trees, frame labels and the synthetic demo scene."""
+
+from data.frames import (
+    IMAGE_EXTENSIONS,
+    FrameCache,
+    FrameWindowDataset,
+    Video,
+    decode_frame,
+    find_split_dir,
+    frames_to_tensor,
+    list_videos,
+    open_split,
+)
+from data.labels import SUPPORTED_FORMATS, load_frame_labels, write_ano_pred_mat
+
+__all__ = [
+    "IMAGE_EXTENSIONS",
+    "SUPPORTED_FORMATS",
+    "FrameCache",
+    "FrameWindowDataset",
+    "Video",
+    "decode_frame",
+    "find_split_dir",
+    "frames_to_tensor",
+    "list_videos",
+    "load_frame_labels",
+    "open_split",
+    "write_ano_pred_mat",
+]
