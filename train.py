@@ -82,6 +82,12 @@ def get_args_parser() -> argparse.ArgumentParser:
         help="continue from a checkpoint.pth (default: the run's own)",
     )
     run.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, ...")
+    run.add_argument(
+        "--calibrate",
+        action="store_true",
+        help="after training, score the training videos once more (one inference pass) and "
+        "store normal-data score statistics in checkpoint.pth for detect.py",
+    )
     run.add_argument("--debug", action="store_true", help="show tracebacks for input errors")
     return parser
 
@@ -384,6 +390,10 @@ def main(args: argparse.Namespace) -> Path:
             )
             if stop:
                 sys.exit(130 if stop.signal_name == "SIGINT" else 143)
+    if args.calibrate:
+        from detect import calibrate_training_run
+
+        calibrate_training_run(run_dir / "checkpoint.pth", model, items, dataset, dtype)
     return run_dir
 
 
