@@ -326,6 +326,8 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
     device = resolve_device(args.device)
     dtype = resolve_precision(args.precision, device)
     model, items, source = load_weights(args, device)
+    if device.type == "cuda":
+        model = model.to(memory_format=torch.channels_last)
 
     dataset_dir = dataset_dir_for(args.dataset_type, Path(args.dataset_path))
     all_videos = list_videos(find_split_dir(dataset_dir, "testing"))

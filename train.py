@@ -83,6 +83,9 @@ def get_args_parser() -> argparse.ArgumentParser:
     )
     run.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, ...")
     run.add_argument(
+        "--compile", action="store_true", help="torch.compile the model (worth it on CUDA)"
+    )
+    run.add_argument(
         "--calibrate",
         action="store_true",
         help="after training, score the training videos once more (one inference pass) and "
@@ -147,7 +150,7 @@ class StopRequested:
 
 
 def train_one_epoch(
-    model: LGNNet,
+    model: torch.nn.Module,
     loader: DataLoader,
     items: torch.Tensor,
     optimizer: torch.optim.Optimizer,
@@ -178,7 +181,8 @@ def train_one_epoch(
     for windows in bar:
         windows = windows.to(device, non_blocking=True)
         with autocast(device, dtype):
-            out = model.forward_train(windows[:, :input_channels], items)
+            # Through __call__ (not forward_train) so a torch.compile'd model runs compiled.
+            out = model(windows[:, :input_channels], items, True)
             pixel = F.mse_loss(out.prediction.float(), windows[:, input_channels:].float())
             loss = (
                 pixel + args.loss_compact * out.compactness + args.loss_separate * out.separateness
@@ -341,6 +345,8 @@ def main(args: argparse.Namespace) -> Path:
         start_epoch, start_step = resume["epoch"], resume["step"]
         print(f"resuming at epoch {start_epoch + 1}, step {start_step}", file=sys.stderr)
 
+    # Checkpoints are saved from `model`; the compiled wrapper only runs the steps.
+    step_model = torch.compile(model) if args.compile else model
     atomic_write(
         run_dir / "config.json",
         lambda p: p.write_text(json.dumps(vars(args), indent=2, default=str)),
@@ -362,7 +368,7 @@ def main(args: argparse.Namespace) -> Path:
             )
             began = time.time()
             items, losses, step = train_one_epoch(
-                model, loader, items, optimizer, device, args, epoch, start_step, stop, scaler
+                step_model, loader, items, optimizer, device, args, epoch, start_step, stop, scaler
             )
             if stop and step < len(batches):
                 save_run_state(run_dir, model, items, optimizer, scheduler, args, epoch, step)

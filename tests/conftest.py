@@ -16,7 +16,9 @@ LABELS_DIR = SHARED / "labels"
 if str(REPO_ROOT) not in sys.path:
     sys.path.insert(0, str(REPO_ROOT))
 
-torch.set_num_threads(min(2, torch.get_num_threads()))
+# One intra-op thread: the test tensors are tiny, and on a busy 2-core machine two
+# OpenMP threads stall each other far more than they help.
+torch.set_num_threads(1)
 
 
 @pytest.fixture
