@@ -395,6 +395,11 @@ def main(args: argparse.Namespace) -> Path:
                 file=sys.stderr,
             )
             if stop:
+                print(
+                    f"{stop.signal_name}: saved {run_dir / 'checkpoint.pth'} after epoch "
+                    f"{epoch + 1}; continue with --resume",
+                    file=sys.stderr,
+                )
                 sys.exit(130 if stop.signal_name == "SIGINT" else 143)
     if args.calibrate:
         from detect import calibrate_training_run
