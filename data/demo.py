@@ -429,10 +429,10 @@ def ensure_demo_dataset(
     height: int = 64,
     width: int = 96,
     seed: int = 0,
-    train_videos: int = 8,
-    test_videos: int = 5,
-    min_frames: int = 60,
-    max_frames: int = 80,
+    train_videos: int = 6,
+    test_videos: int = 4,
+    min_frames: int = 50,
+    max_frames: int = 64,
 ) -> Path:
     """``<dataset_path>/demo``, generated first unless a complete copy with the same
     parameters exists (a copy made with other parameters is replaced).
