@@ -28,6 +28,7 @@ from tqdm import tqdm
 from data.datasets import dataset_dir_for
 from data.frames import FrameCache, FrameWindowDataset, find_split_dir, list_videos
 from model import LGNNet, init_memory_items
+from model.checkpoint import load_memory_items, load_model_weights
 from utils import (
     InputError,
     atomic_write,
@@ -38,6 +39,8 @@ from utils import (
 )
 
 DATASET_TYPES = ("ped2", "avenue", "shanghai", "demo")
+# What save_run_state writes and --resume reads back.
+RESUME_ENTRIES = ("model", "items", "optimizer", "scheduler", "epoch", "step", "rng")
 
 
 def get_args_parser() -> argparse.ArgumentParser:
@@ -301,12 +304,22 @@ def load_resume_state(args: argparse.Namespace, run_dir: Path) -> dict[str, Any]
             return None
         raise InputError(f"--resume checkpoint {path} does not exist; check the path")
     try:
-        return torch.load(path, map_location="cpu", weights_only=False)
+        state = torch.load(path, map_location="cpu", weights_only=False)
     except Exception as error:  # a truncated or foreign file: say which one
         raise InputError(
             f"cannot read the checkpoint {path} ({type(error).__name__}); "
             "it may be damaged: resume from another file or start anew"
         ) from None
+    missing = [key for key in RESUME_ENTRIES if not isinstance(state, dict) or key not in state]
+    if missing:
+        raise InputError(
+            f"{path} is not a checkpoint.pth written by train.py (it lacks "
+            f"{', '.join(map(repr, missing))}); resume from a run's checkpoint.pth "
+            "(model.pth and keys.pt hold weights only)"
+        )
+    # Items of another --msize/--mdim would otherwise train on silently with the wrong size.
+    state["items"] = load_memory_items(state["items"], args.msize, args.mdim, source=str(path))
+    return state
 
 
 def main(args: argparse.Namespace) -> Path:
@@ -337,7 +350,8 @@ def main(args: argparse.Namespace) -> Path:
     scaler = torch.amp.GradScaler("cuda") if dtype == torch.float16 else None
     start_epoch, start_step = 0, 0
     if resume is not None:
-        model.load_state_dict(resume["model"])
+        resume_path = run_dir / "checkpoint.pth" if args.resume == "auto" else args.resume
+        load_model_weights(model, resume["model"], source=str(resume_path))
         items = resume["items"].to(device)
         optimizer.load_state_dict(resume["optimizer"])
         scheduler.load_state_dict(resume["scheduler"])
