@@ -34,7 +34,12 @@ from data.frames import (
 )
 from data.labels import load_frame_labels
 from model import LGNNet, update_memory
-from model.checkpoint import load_memory_items, load_model_weights
+from model.checkpoint import (
+    extract_state_dict,
+    infer_model_sizes,
+    load_memory_items,
+    load_model_weights,
+)
 from model.lgn_net import Encoded
 from model.pretrained import resolve_checkpoint
 from utils import (
@@ -203,6 +208,17 @@ def evaluate_video(
     return VideoScores(np.array(psnrs), np.array(distances), np.array(frame_scores), items)
 
 
+def read_torch_file(path: str, flag: str) -> Any:
+    """``torch.load`` of a weights or items file; an unreadable one names ``flag`` and ``path``."""
+    try:
+        return torch.load(path, map_location="cpu", weights_only=False)
+    except Exception as error:  # truncated, empty or not written by torch.save
+        raise InputError(
+            f"cannot read the {flag} file {path} ({type(error).__name__}); it may be damaged "
+            "or not written by torch.save"
+        ) from None
+
+
 def load_weights(
     args: argparse.Namespace, device: torch.device
 ) -> tuple[LGNNet, torch.Tensor, str]:
@@ -217,11 +233,12 @@ def load_weights(
                 f"cannot read the checkpoint {path} ({type(error).__name__}); is it a "
                 "checkpoint.pth written by train.py?"
             ) from None
-        if not isinstance(checkpoint, dict) or "model" not in checkpoint:
-            raise InputError(
-                f"{path} is not a train.py checkpoint (no 'model' entry); for a bare "
-                "state_dict use --model_dir with --m_items_dir"
-            )
+        for entry in ("model", "items"):
+            if not isinstance(checkpoint, dict) or entry not in checkpoint:
+                raise InputError(
+                    f"{path} is not a train.py checkpoint (no {entry!r} entry); for a bare "
+                    "state_dict use --model_dir with --m_items_dir"
+                )
         trained = checkpoint.get("args", {})
         state_dict, items, source, items_source = (
             checkpoint["model"],
@@ -234,13 +251,17 @@ def load_weights(
         for flag, value in (("--model_dir", args.model_dir), ("--m_items_dir", args.m_items_dir)):
             if not Path(value).is_file():
                 raise InputError(f"{flag} file {value} does not exist; check the path")
-        state_dict = torch.load(args.model_dir, map_location="cpu", weights_only=False)
-        if isinstance(state_dict, torch.nn.Module):
-            state_dict = state_dict.state_dict()
-        items = torch.load(args.m_items_dir, map_location="cpu", weights_only=False)
+        state_dict = read_torch_file(args.model_dir, "--model_dir")
+        items = read_torch_file(args.m_items_dir, "--m_items_dir")
         source, items_source = args.model_dir, args.m_items_dir
     else:
         raise InputError("give --checkpoint, or both --model_dir and --m_items_dir")
+    state_dict = extract_state_dict(state_dict, source)
+    if not isinstance(items, torch.Tensor):
+        raise InputError(
+            f"{items_source}: the memory items are a {type(items).__name__}, not a tensor; "
+            "pass the items file saved beside the weights (keys.pt)"
+        )
 
     for name, fallback in (("h", 256), ("w", 256), ("c", 3), ("t_length", 5)):
         if getattr(args, name) is None:
@@ -249,10 +270,13 @@ def load_weights(
     if first_conv is not None and "t_length" not in trained and "c" not in trained:
         args.t_length = first_conv.shape[1] // args.c + 1
     msize = args.msize or trained.get("msize") or int(items.shape[0])
-    dim = int(items.shape[-1]) if items.dim() == 2 else trained.get("mdim", 512)
+    # The weights fix the item dimension, so items of another one are reported as such.
+    dim = trained.get("mdim") or infer_model_sizes(state_dict).get("mdim")
+    dim = dim or (int(items.shape[-1]) if items.dim() == 2 else 512)
     for flag in ("h", "w"):
-        if getattr(args, flag) % 8:
-            raise InputError(f"--{flag} {getattr(args, flag)} must be a multiple of 8")
+        value = getattr(args, flag)
+        if value <= 0 or value % 8:
+            raise InputError(f"--{flag} {value} must be a positive multiple of 8")
     model = LGNNet(channels=args.c, t_length=args.t_length, msize=msize, fdim=dim, mdim=dim)
     load_model_weights(model, state_dict, source=source)
     items = load_memory_items(items, msize, dim, source=items_source)
