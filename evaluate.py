@@ -16,6 +16,7 @@ import argparse
 import csv
 import json
 import sys
+import tempfile
 import time
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -340,12 +341,37 @@ def save_plots(
     plt.close(fig)
 
 
+def check_outputs(args: argparse.Namespace) -> None:
+    """Fail before the evaluation, not after it, when an output of --report, --scores or
+    --plot_dir cannot be written (its folder cannot be created or written to)."""
+    for flag, target, is_folder in (
+        ("--report", args.report, False),
+        ("--scores", args.scores, False),
+        ("--plot_dir", args.plot_dir, True),
+    ):
+        if not target:
+            continue
+        target = Path(target)
+        if not is_folder and target.is_dir():
+            raise InputError(f"{flag} {target} is a folder; give a file name")
+        folder = target if is_folder else target.parent
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+            with tempfile.TemporaryFile(dir=folder):
+                pass
+        except OSError as error:
+            raise InputError(
+                f"{flag}: cannot write to {folder} ({error.strerror}); choose another path"
+            ) from None
+
+
 def main(args: argparse.Namespace) -> dict[str, Any]:
     """Evaluate and print the frame AUC; returns the report dictionary."""
     if not 0.0 <= args.lambda_ <= 1.0:
         raise InputError(f"--lambda {args.lambda_} must lie in [0, 1]")
     if args.eval_batch_size < 1:
         raise InputError(f"--eval_batch_size must be at least 1, got {args.eval_batch_size}")
+    check_outputs(args)
     began = time.time()
     device = resolve_device(args.device)
     dtype = resolve_precision(args.precision, device)
