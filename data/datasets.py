@@ -12,7 +12,13 @@ def dataset_dir_for(dataset_type: str, dataset_path: Path) -> Path:
     if dataset_type == "demo":
         from data.demo import ensure_demo_dataset
 
-        return ensure_demo_dataset(Path(dataset_path))
+        try:
+            return ensure_demo_dataset(Path(dataset_path))
+        except OSError as error:
+            raise InputError(
+                f"cannot create the demo dataset in {dataset_path} ({error.strerror}); "
+                "choose a writable folder with --dataset_path"
+            ) from None
     dataset_dir = Path(dataset_path) / dataset_type
     if not dataset_dir.is_dir():
         raise InputError(
