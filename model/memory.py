@@ -9,6 +9,7 @@ from __future__ import annotations
 from typing import NamedTuple
 
 import torch
+import torch.distributed as dist
 import torch.nn.functional as F
 
 
@@ -105,6 +106,30 @@ def update_memory(queries: torch.Tensor, items: torch.Tensor) -> torch.Tensor:
     queries, items = queries.float(), items.float()
     scores, assignment, column_max = item_update_terms(queries, items)
     updates = summed_query_updates(queries, scores, assignment, column_max)
+    return F.normalize(items + updates, dim=1)
+
+
+@torch.no_grad()
+def update_memory_distributed(
+    queries: torch.Tensor, items: torch.Tensor, group: dist.ProcessGroup | None = None
+) -> torch.Tensor:
+    """:func:`update_memory` over the queries of every process in ``group`` together.
+
+    Each process passes its own queries ``(N_r, D)`` (N_r may differ between processes) and
+    the same items ``(M, D)``; each gets back the items :func:`update_memory` would return on
+    the concatenation of all processes' queries (equal up to float summation order), and all
+    processes get bit-identical items. Two collectives: the per-item score maxima are
+    all-reduced with MAX (the normaliser of the weights, see :func:`summed_query_updates`),
+    then the weighted query sums with SUM. Without an initialised process group, or with a
+    single process, this is :func:`update_memory` exactly.
+    """
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size(group) == 1:
+        return update_memory(queries, items)
+    queries, items = queries.float(), items.float()
+    scores, assignment, column_max = item_update_terms(queries, items)
+    dist.all_reduce(column_max, op=dist.ReduceOp.MAX, group=group)
+    updates = summed_query_updates(queries, scores, assignment, column_max)
+    dist.all_reduce(updates, op=dist.ReduceOp.SUM, group=group)
     return F.normalize(items + updates, dim=1)
 
 
