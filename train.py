@@ -6,6 +6,11 @@ Example::
 
 Writes ``exp/<dataset_type>/<exp_dir>/``: ``model.pth`` and ``keys.pt`` (reference layout),
 ``checkpoint.pth`` (everything ``--resume`` needs), ``config.json`` and ``log.jsonl``.
+
+Several GPUs or machines: launch the same command with ``torchrun`` (DistributedDataParallel;
+``--batch_size`` is then per process)::
+
+    torchrun --nproc_per_node 4 train.py --dataset_type ped2 --dataset_path ./datasets
 """
 
 from __future__ import annotations
@@ -17,7 +22,7 @@ import signal
 import sys
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 import numpy as np
 import torch
@@ -25,6 +30,7 @@ import torch.nn.functional as F
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
+import distributed_training
 from data.datasets import dataset_dir_for
 from data.frames import FrameCache, FrameWindowDataset, find_split_dir, list_videos
 from model import LGNNet, init_memory_items
@@ -95,6 +101,19 @@ def get_args_parser() -> argparse.ArgumentParser:
         "store normal-data score statistics in checkpoint.pth for detect.py",
     )
     run.add_argument("--debug", action="store_true", help="show tracebacks for input errors")
+
+    multi = parser.add_argument_group("several processes (under torchrun)")
+    multi.add_argument(
+        "--sync_bn", action="store_true", help="SyncBatchNorm: batch statistics over all GPUs"
+    )
+    multi.add_argument(
+        "--sync_check_every",
+        type=int,
+        default=0,
+        metavar="N",
+        help="every N steps and at the end, verify that the memory items and weights are "
+        "identical on all processes, stopping with an error if not (debugging; 0: off)",
+    )
     return parser
 
 
@@ -107,6 +126,8 @@ def validate_args(args: argparse.Namespace) -> None:
     for flag in ("batch_size", "epochs", "msize", "c"):
         if getattr(args, flag) <= 0:
             raise InputError(f"--{flag} must be positive, got {getattr(args, flag)}")
+    if args.sync_check_every < 0:
+        raise InputError(f"--sync_check_every must be 0 or positive, got {args.sync_check_every}")
     if args.t_length < 2:
         raise InputError(f"--t_length must be at least 2, got {args.t_length}")
     if args.fdim != args.mdim:
@@ -167,25 +188,34 @@ def train_one_epoch(
     """One pass over ``loader``'s batches.
 
     Args:
+        model: an ``LGNNet`` or, under torchrun, ``distributed_training.wrap_model``'s wrapper.
         items: memory items ``(msize, mdim)`` before the epoch.
         start_step: index of the first batch (after a mid-epoch resume).
-        stop: checked after every step; training stops early when set.
+        stop: checked after every step; training stops early when set (on any process:
+            all processes stop after the same step).
 
     Returns:
-        ``(items, mean_losses, steps_done)``, where ``steps_done`` counts from the epoch start.
+        ``(items, mean_losses, steps_done)``, where ``steps_done`` counts from the epoch start
+        and the losses are pooled over all processes.
     """
     model.train()
     dtype = resolve_precision(args.precision, device)
     totals = {"loss": 0.0, "pixel": 0.0, "compact": 0.0, "separate": 0.0}
     count = 0
     step = start_step
-    bar = tqdm(loader, desc=f"epoch {epoch + 1}/{args.epochs}", leave=False, dynamic_ncols=True)
+    bar = tqdm(
+        loader,
+        desc=f"epoch {epoch + 1}/{args.epochs}",
+        leave=False,
+        dynamic_ncols=True,
+        disable=not distributed_training.is_main(),
+    )
     input_channels = (args.t_length - 1) * args.c
     for windows in bar:
         windows = windows.to(device, non_blocking=True)
         with autocast(device, dtype):
             # Through __call__ (not forward_train) so a torch.compile'd model runs compiled.
-            out = model(windows[:, :input_channels], items, True)
+            out = model(windows[:, :input_channels], items)
             pixel = F.mse_loss(out.prediction.float(), windows[:, input_channels:].float())
             loss = (
                 pixel + args.loss_compact * out.compactness + args.loss_separate * out.separateness
@@ -206,6 +236,8 @@ def train_one_epoch(
         items = out.items
         step += 1
         count += 1
+        if args.sync_check_every and step % args.sync_check_every == 0:
+            check_processes_in_sync(model, items, f"after epoch {epoch + 1}, step {step}")
         for key, value in (
             ("loss", loss),
             ("pixel", pixel),
@@ -214,10 +246,25 @@ def train_one_epoch(
         ):
             totals[key] += float(value.detach())
         bar.set_postfix({k: f"{v / count:.4f}" for k, v in totals.items()})
-        if stop:
+        if distributed_training.any_rank(bool(stop)):
             break
     bar.close()
-    return items, {k: v / max(count, 1) for k, v in totals.items()}, step
+    return items, distributed_training.mean_over_ranks(totals, count), step
+
+
+def check_processes_in_sync(model: torch.nn.Module, items: torch.Tensor, where: str) -> None:
+    """``--sync_check_every``: stop with an error unless every process holds the same memory
+    items and weights (a no-op outside torchrun)."""
+    if not distributed_training.is_distributed():
+        return
+    digest = distributed_training.parameter_digest(model.parameters())
+    distributed_training.check_in_sync({"memory items": items, "weights": digest}, where)
+    if distributed_training.is_main():
+        tqdm.write(
+            f"sync check {where}: memory items and weights identical on "
+            f"{distributed_training.world_size()} processes",
+            file=sys.stderr,
+        )
 
 
 def rng_state() -> dict[str, Any]:
@@ -250,22 +297,32 @@ def save_run_state(
     step: int,
 ) -> None:
     """Write ``checkpoint.pth`` (resumable state at ``epoch``/``step``) and the reference-layout
-    ``model.pth`` + ``keys.pt``, each atomically."""
-    weights = {k: v.detach().cpu() for k, v in model.state_dict().items()}
-    items_cpu = items.detach().cpu()
-    checkpoint = {
-        "model": weights,
-        "items": items_cpu,
-        "optimizer": optimizer.state_dict(),
-        "scheduler": scheduler.state_dict(),
-        "epoch": epoch,
-        "step": step,
-        "args": vars(args),
-        "rng": rng_state(),
-    }
-    atomic_write(run_dir / "checkpoint.pth", lambda p: torch.save(checkpoint, p))
-    atomic_write(run_dir / "model.pth", lambda p: torch.save(weights, p))
-    atomic_write(run_dir / "keys.pt", lambda p: torch.save(items_cpu, p))
+    ``model.pth`` + ``keys.pt``, each atomically.
+
+    Under torchrun every process calls this: rank 0 writes (with every process's RNG state)
+    while the others wait, so none exits before the files are complete.
+    """
+    rng_by_rank = distributed_training.gather_to_main(rng_state())
+    if distributed_training.is_main():
+        weights = {k: v.detach().cpu() for k, v in model.state_dict().items()}
+        items_cpu = items.detach().cpu()
+        checkpoint = {
+            "model": weights,
+            "items": items_cpu,
+            "optimizer": optimizer.state_dict(),
+            "scheduler": scheduler.state_dict(),
+            "epoch": epoch,
+            "step": step,
+            "args": vars(args),
+            "rng": rng_by_rank[0],
+            # A mid-epoch step index means "batches of this many processes' shards".
+            "world_size": len(rng_by_rank),
+            "rng_by_rank": rng_by_rank,
+        }
+        atomic_write(run_dir / "checkpoint.pth", lambda p: torch.save(checkpoint, p))
+        atomic_write(run_dir / "model.pth", lambda p: torch.save(weights, p))
+        atomic_write(run_dir / "keys.pt", lambda p: torch.save(items_cpu, p))
+    distributed_training.barrier()
 
 
 def append_log(path: Path, record: dict[str, Any]) -> None:
@@ -322,14 +379,47 @@ def load_resume_state(args: argparse.Namespace, run_dir: Path) -> dict[str, Any]
     return state
 
 
+def exit_for_signal(stop: StopRequested, run_dir: Path, when: str) -> NoReturn:
+    """End the process after a signal, once the checkpoint is saved (on every process, as
+    the signal may have reached only another one)."""
+    if distributed_training.is_main():
+        print(
+            f"{stop.signal_name or 'stop requested by another process'}: saved "
+            f"{run_dir / 'checkpoint.pth'} {when}; continue with --resume",
+            file=sys.stderr,
+        )
+    sys.exit(130 if stop.signal_name == "SIGINT" else 143)
+
+
 def main(args: argparse.Namespace) -> Path:
-    """Train; returns the run folder."""
+    """Train; returns the run folder. Under torchrun every process runs this, as one
+    DistributedDataParallel replica; without it a single process trains alone."""
     validate_args(args)
-    device = resolve_device(args.device)
+    device = distributed_training.setup(resolve_device(args.device))
+    try:
+        return train_this_process(args, device)
+    finally:
+        distributed_training.teardown()
+
+
+def train_this_process(args: argparse.Namespace, device: torch.device) -> Path:
+    """The training run of this process (of ``distributed_training.world_size()``)."""
     dtype = resolve_precision(args.precision, device)
-    run_dir = prepare_run_dir(args)
-    resume = load_resume_state(args, run_dir)
-    seed_everything(args.seed)
+    if args.sync_bn and device.type != "cuda":
+        raise InputError("--sync_bn needs CUDA (SyncBatchNorm has no CPU version); drop it on CPU")
+    rank, world_size = distributed_training.rank(), distributed_training.world_size()
+    is_main = distributed_training.is_main()
+    # The output folder may exist on rank 0's machine only: rank 0 alone creates and reads it.
+    run_dir = distributed_training.share_from_main(lambda: prepare_run_dir(args))
+    resume = distributed_training.share_from_main(lambda: load_resume_state(args, run_dir))
+    resume_path = run_dir / "checkpoint.pth" if args.resume == "auto" else args.resume
+    if resume is not None and resume["step"] and resume.get("world_size", 1) != world_size:
+        raise InputError(
+            f"{resume_path} was saved mid-epoch by {resume.get('world_size', 1)} processes, "
+            f"this run has {world_size}; resume it with as many processes"
+        )
+    # Per-process seeds; the weights and items then start from rank 0's on every process.
+    seed_everything(args.seed + rank)
 
     dataset_dir = dataset_dir_for(args.dataset_type, Path(args.dataset_path))
     videos = list_videos(find_split_dir(dataset_dir, "training"))
@@ -340,8 +430,16 @@ def main(args: argparse.Namespace) -> Path:
             f"{dataset_dir} has {len(dataset)} training windows, fewer than --batch_size "
             f"{args.batch_size}; add videos or lower --batch_size"
         )
+    if len(dataset) < args.batch_size * world_size:
+        raise InputError(
+            f"{dataset_dir} has {len(dataset)} training windows, fewer than --batch_size "
+            f"{args.batch_size} for each of {world_size} processes; add videos, lower "
+            "--batch_size or start fewer processes"
+        )
 
     model = build_model(args).to(device)
+    if args.sync_bn:
+        model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
     if device.type == "cuda":
         model = model.to(memory_format=torch.channels_last)
     items = init_memory_items(args.msize, args.mdim, device=device)
@@ -350,29 +448,42 @@ def main(args: argparse.Namespace) -> Path:
     scaler = torch.amp.GradScaler("cuda") if dtype == torch.float16 else None
     start_epoch, start_step = 0, 0
     if resume is not None:
-        resume_path = run_dir / "checkpoint.pth" if args.resume == "auto" else args.resume
         load_model_weights(model, resume["model"], source=str(resume_path))
         items = resume["items"].to(device)
         optimizer.load_state_dict(resume["optimizer"])
         scheduler.load_state_dict(resume["scheduler"])
-        set_rng_state(resume["rng"])
+        # Checkpoints before multi-process support hold rank 0's state only.
+        rng_by_rank = resume.get("rng_by_rank", [resume["rng"]])
+        if rank < len(rng_by_rank):
+            set_rng_state(rng_by_rank[rank])
         start_epoch, start_step = resume["epoch"], resume["step"]
-        print(f"resuming at epoch {start_epoch + 1}, step {start_step}", file=sys.stderr)
+        if is_main:
+            print(f"resuming at epoch {start_epoch + 1}, step {start_step}", file=sys.stderr)
+    items = distributed_training.broadcast_from_main(items)
 
-    # Checkpoints are saved from `model`; the compiled wrapper only runs the steps.
-    step_model = torch.compile(model) if args.compile else model
-    atomic_write(
-        run_dir / "config.json",
-        lambda p: p.write_text(json.dumps(vars(args), indent=2, default=str)),
-    )
-    print(
-        f"training on {len(dataset)} windows from {len(dataset.videos)} videos, "
-        f"{args.h}x{args.w}, device {device}, precision {dtype or 'fp32'} -> {run_dir}",
-        file=sys.stderr,
-    )
+    # Checkpoints are saved from `model`; the DDP and compiled wrappers only run the steps.
+    step_model = distributed_training.wrap_model(model, device)
+    step_model = torch.compile(step_model) if args.compile else step_model
+    if is_main:
+        atomic_write(
+            run_dir / "config.json",
+            lambda p: p.write_text(json.dumps(vars(args), indent=2, default=str)),
+        )
+        processes = f", {world_size} processes" if world_size > 1 else ""
+        print(
+            f"training on {len(dataset)} windows from {len(dataset.videos)} videos, "
+            f"{args.h}x{args.w}, device {device}{processes}, precision {dtype or 'fp32'} "
+            f"-> {run_dir}",
+            file=sys.stderr,
+        )
     with StopRequested() as stop:
         for epoch in range(start_epoch, args.epochs):
-            batches = epoch_batches(len(dataset), args.batch_size, args.seed, epoch)
+            if world_size == 1:
+                batches = epoch_batches(len(dataset), args.batch_size, args.seed, epoch)
+            else:
+                batches = distributed_training.rank_batches(
+                    len(dataset), args.batch_size, args.seed, epoch, rank, world_size
+                )
             loader = DataLoader(
                 dataset,
                 batch_sampler=batches[start_step:],
@@ -384,38 +495,31 @@ def main(args: argparse.Namespace) -> Path:
             items, losses, step = train_one_epoch(
                 step_model, loader, items, optimizer, device, args, epoch, start_step, stop, scaler
             )
-            if stop and step < len(batches):
+            if step < len(batches):  # a signal (to any process) ended the epoch early
                 save_run_state(run_dir, model, items, optimizer, scheduler, args, epoch, step)
-                print(
-                    f"{stop.signal_name}: saved {run_dir / 'checkpoint.pth'} at epoch "
-                    f"{epoch + 1}, step {step}; continue with --resume",
-                    file=sys.stderr,
-                )
-                sys.exit(130 if stop.signal_name == "SIGINT" else 143)
+                exit_for_signal(stop, run_dir, f"at epoch {epoch + 1}, step {step}")
             scheduler.step()
             start_step = 0
             save_run_state(run_dir, model, items, optimizer, scheduler, args, epoch + 1, 0)
-            record = {
-                "epoch": epoch + 1,
-                **losses,
-                "lr": optimizer.param_groups[0]["lr"],
-                "seconds": round(time.time() - began, 2),
-            }
-            append_log(run_dir / "log.jsonl", record)
-            print(
-                f"epoch {epoch + 1}/{args.epochs}: loss {losses['loss']:.5f} "
-                f"(pixel {losses['pixel']:.5f}, compact {losses['compact']:.5f}, "
-                f"separate {losses['separate']:.5f}) in {record['seconds']:.0f}s",
-                file=sys.stderr,
-            )
-            if stop:
+            if is_main:
+                record = {
+                    "epoch": epoch + 1,
+                    **losses,
+                    "lr": optimizer.param_groups[0]["lr"],
+                    "seconds": round(time.time() - began, 2),
+                }
+                append_log(run_dir / "log.jsonl", record)
                 print(
-                    f"{stop.signal_name}: saved {run_dir / 'checkpoint.pth'} after epoch "
-                    f"{epoch + 1}; continue with --resume",
+                    f"epoch {epoch + 1}/{args.epochs}: loss {losses['loss']:.5f} "
+                    f"(pixel {losses['pixel']:.5f}, compact {losses['compact']:.5f}, "
+                    f"separate {losses['separate']:.5f}) in {record['seconds']:.0f}s",
                     file=sys.stderr,
                 )
-                sys.exit(130 if stop.signal_name == "SIGINT" else 143)
-    if args.calibrate:
+            if distributed_training.any_rank(bool(stop)):
+                exit_for_signal(stop, run_dir, f"after epoch {epoch + 1}")
+    if args.sync_check_every:
+        check_processes_in_sync(step_model, items, "at the end of training")
+    if args.calibrate and is_main:
         from detect import calibrate_training_run
 
         calibrate_training_run(run_dir / "checkpoint.pth", model, items, dataset, dtype)
