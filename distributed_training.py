@@ -5,7 +5,7 @@
 single-process behaviour: rank 0 of 1, collectives are no-ops, the model is not wrapped.
 
 The memory items are state outside the network's parameters, so DistributedDataParallel
-does not keep them in step: :class:`DistributedTrainStep` makes every process apply the same
+does not keep them in step: :func:`wrap_model` makes every process apply the same
 memory update, computed from the queries of all processes together.
 """
 
@@ -21,8 +21,8 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import BatchSampler, DistributedSampler
 
-from model import LGNNet, TrainOutput
-from model.memory import memory_losses, update_memory_distributed
+from model import LGNNet
+from model.memory import update_memory_distributed
 from utils import InputError
 
 T = TypeVar("T")
@@ -168,34 +168,15 @@ def rank_batches(
     return list(BatchSampler(sampler, batch_size, drop_last=True))
 
 
-class DistributedTrainStep(nn.Module):
-    """:meth:`LGNNet.forward_train` with the memory update combined over all processes.
-
-    Losses and the read use the items from before the update, exactly as in
-    ``forward_train``; the returned items are :func:`update_memory_distributed` of the
-    queries of every process, identical on all of them.
-    """
-
-    def __init__(self, net: LGNNet, group: dist.ProcessGroup | None = None) -> None:
-        super().__init__()
-        self.net = net
-        self.group = group
-
-    def forward(self, frames: torch.Tensor, items: torch.Tensor) -> TrainOutput:
-        """``frames`` ``(B, (t_length-1)*c, H, W)``, ``items`` ``(M, D)`` as in forward_train."""
-        inferred = self.net.infer_from_encoded(self.net.encode(frames), items)
-        losses = memory_losses(inferred.queries, items)
-        new_items = update_memory_distributed(inferred.queries.detach(), items, self.group)
-        return TrainOutput(inferred.prediction, new_items, losses.compactness, losses.separateness)
-
-
 def wrap_model(model: LGNNet, device: torch.device) -> nn.Module:
     """The module a training step calls: ``model`` itself outside a process group, else
-    DistributedDataParallel around a :class:`DistributedTrainStep`."""
+    DistributedDataParallel around it, with the memory update combined over all processes
+    (:func:`update_memory_distributed`) so that every process holds the same items."""
     if not is_distributed():
         return model
+    model.memory_update = update_memory_distributed
     return DistributedDataParallel(
-        DistributedTrainStep(model),
+        model,
         device_ids=[device.index] if device.type == "cuda" else None,
         # The reference's unused BatchNorm(512) never gets a gradient; a static graph lets
         # DDP learn that once instead of searching for unused parameters every step.

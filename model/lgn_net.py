@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import NamedTuple
 
 import torch
@@ -71,6 +72,9 @@ class LGNNet(nn.Module):
         self.decoder = PrototypeDecoder(mdim, channels)
         self.pred = SpatioTemporalBranch(channels, hidden, num_layers)
         self.st_decoder = make_fusion_head(hidden)
+        # The training step's item update; distributed training swaps in a version that
+        # combines the queries of all processes (model.memory.update_memory_distributed).
+        self.memory_update: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] = update_memory
 
     def check_input(self, frames: torch.Tensor) -> None:
         """Raise ``ValueError`` unless frames are ``(B, (t_length-1)*c, H, W)``, H, W % 8 == 0."""
@@ -106,7 +110,7 @@ class LGNNet(nn.Module):
         read = read_memory(queries, items, encoded.features.shape)
         prediction = self.decode(read, encoded.spatiotemporal)
         losses = memory_losses(queries, items)
-        new_items = update_memory(queries.detach(), items)
+        new_items = self.memory_update(queries.detach(), items)
         return TrainOutput(prediction, new_items, losses.compactness, losses.separateness)
 
     def forward_infer(self, frames: torch.Tensor, items: torch.Tensor) -> InferOutput:

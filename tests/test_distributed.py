@@ -127,14 +127,15 @@ def test_without_a_process_group_everything_is_single_process() -> None:
     torch.manual_seed(0)
     net = LGNNet(msize=4, fdim=64, mdim=64, hidden=16)
     assert distributed_training.wrap_model(net, torch.device("cpu")) is net
-    step = distributed_training.DistributedTrainStep(net)
     frames = torch.rand(2, 12, 16, 24) * 2 - 1
     items = init_memory_items(4, 64, generator=torch.Generator().manual_seed(1))
     outputs = []
-    for forward in (net.forward_train, step):
+    # Outside a process group the distributed update must be the plain one, bit for bit.
+    for update in (update_memory, update_memory_distributed):
+        net.memory_update = update
         torch.manual_seed(2)
         net.zero_grad()
-        out = forward(frames, items)
+        out = net(frames, items)
         (out.prediction.square().mean() + out.compactness + out.separateness).backward()
         outputs.append(
             (out, [p.grad.clone() for p in net.encoder.parameters() if p.grad is not None])
