@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -72,3 +73,17 @@ def test_smoothing_keeps_constants_and_spreads_a_spike() -> None:
     assert smoothed.sum() == pytest.approx(1.0, abs=1e-6)
     assert smoothed[10] == pytest.approx(1 / (2.0 * math.sqrt(2 * math.pi)), rel=0.02)
     assert smooth_scores(spike, 0).tolist() == spike.tolist()
+
+
+def test_atomic_write_respects_the_umask(tmp_path: Path) -> None:
+    import os
+
+    from utils import atomic_write
+
+    previous = os.umask(0o022)
+    try:
+        atomic_write(tmp_path / "out.txt", lambda p: p.write_text("x"))
+    finally:
+        os.umask(previous)
+    assert (tmp_path / "out.txt").stat().st_mode & 0o777 == 0o644
+    assert [p.name for p in tmp_path.iterdir()] == ["out.txt"]
