@@ -426,9 +426,9 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
             {
                 "video": video.name,
                 "frame": int(f),
-                "psnr": f"{p:.6f}",
-                "feature_distance": f"{d:.8f}",
-                "normality": f"{n:.8f}",
+                "psnr": f"{p:.9g}",
+                "feature_distance": f"{d:.9g}",
+                "normality": f"{n:.9g}",
                 "label": int(y),
             }
             for f, p, d, n, y in zip(
