@@ -113,12 +113,12 @@ def test_interrupted_generation_leaves_nothing(tmp_path, monkeypatch):
 
 
 def test_default_size_meets_the_quickstart_budget(tmp_path):
-    """Default: ~8 training and 4-6 test videos of 60-80 frames; 30-50 % abnormal frames."""
+    """Default: 6 training and 4 test videos of 50-64 frames; 30-50 % abnormal frames."""
     demo_dir = ensure_demo_dataset(tmp_path)
     train = list_videos(find_split_dir(demo_dir, "training"))
     test = list_videos(find_split_dir(demo_dir, "testing"))
-    assert len(train) == 8 and 4 <= len(test) <= 6
-    assert all(60 <= len(video) <= 80 for video in train + test)
+    assert len(train) == 6 and len(test) == 4
+    assert all(50 <= len(video) <= 64 for video in train + test)
     labels = load_frame_labels(demo_dir, test)
     for video in test:
         assert 0.3 <= labels[video.name].mean() <= 0.5, video.name
