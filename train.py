@@ -425,16 +425,12 @@ def train_this_process(args: argparse.Namespace, device: torch.device) -> Path:
     videos = list_videos(find_split_dir(dataset_dir, "training"))
     cache = FrameCache(args.h, args.w, Path(args.cache_dir) if args.cache_dir else None)
     dataset = FrameWindowDataset(videos, args.h, args.w, args.t_length, cache)
-    if len(dataset) < args.batch_size:
-        raise InputError(
-            f"{dataset_dir} has {len(dataset)} training windows, fewer than --batch_size "
-            f"{args.batch_size}; add videos or lower --batch_size"
-        )
     if len(dataset) < args.batch_size * world_size:
+        per_process = f" for each of {world_size} processes" if world_size > 1 else ""
         raise InputError(
             f"{dataset_dir} has {len(dataset)} training windows, fewer than --batch_size "
-            f"{args.batch_size} for each of {world_size} processes; add videos, lower "
-            "--batch_size or start fewer processes"
+            f"{args.batch_size}{per_process}; add videos or lower --batch_size"
+            + (" or start fewer processes" if world_size > 1 else "")
         )
 
     model = build_model(args).to(device)
