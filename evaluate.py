@@ -122,6 +122,7 @@ class VideoScores(NamedTuple):
     feature_distance: np.ndarray  # (T - t_length + 1,)
     frame_score: np.ndarray  # error measure where higher = more normal (PSNR by default)
     items: torch.Tensor  # memory items after the video
+    memory_updates: int = 0  # frames whose point score fell below gamma (0 without updates)
 
 
 class FrameScorer:
@@ -189,6 +190,7 @@ def evaluate_video(
     t_length = model.t_length
     num_windows = frames.shape[0] - t_length + 1
     psnrs, distances, frame_scores = [], [], []
+    memory_updates = 0
     device = frames.device
     for start in range(0, num_windows, batch_size):
         stop = min(start + batch_size, num_windows)
@@ -206,7 +208,10 @@ def evaluate_video(
             frame_scores.append(scorer(out.prediction, target, psnr) if scorer else psnr)
             if update and point_score(errors) < gamma:
                 items = update_memory(out.queries, items)
-    return VideoScores(np.array(psnrs), np.array(distances), np.array(frame_scores), items)
+                memory_updates += 1
+    return VideoScores(
+        np.array(psnrs), np.array(distances), np.array(frame_scores), items, memory_updates
+    )
 
 
 def read_torch_file(path: str, flag: str) -> Any:
@@ -391,6 +396,11 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
     per_video: list[dict[str, Any]] = []
     rows: list[dict[str, Any]] = []
     scored_frames = 0
+    memory_updates = 0
+    # The update gate reads the prediction error alone, never lambda, so the single-branch
+    # scores of this pass equal what separate --lambda 1 / --lambda 0 runs would produce.
+    component_lambdas = {"prediction_only": 1.0, "memory_only": 0.0}
+    component_scores: dict[str, list[np.ndarray]] = {name: [] for name in component_lambdas}
     bar = tqdm(total=len(dataset), desc="evaluating", unit="frame", dynamic_ncols=True)
     for index, video in enumerate(dataset.videos):
         frames = frames_to_tensor(torch.from_numpy(dataset.video_frames(index)).to(device))
@@ -405,6 +415,14 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
             scorer=scorer,
         )
         items = scores.items
+        memory_updates += scores.memory_updates
+        for name, weight in component_lambdas.items():
+            component_scores[name].append(
+                smooth_scores(
+                    normality_scores(scores.frame_score, scores.feature_distance, weight),
+                    args.smooth,
+                )
+            )
         normality = smooth_scores(
             normality_scores(scores.frame_score, scores.feature_distance, args.lambda_),
             args.smooth,
@@ -464,6 +482,13 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
         "lambda": args.lambda_,
         "gamma": args.gamma,
         "memory_update": not args.no_memory_update,
+        "memory_updates": memory_updates,
+        "auc_components": {
+            f"{name} (lambda={weight:g})": frame_auc(
+                np.concatenate(component_scores[name]), labels_all
+            )
+            for name, weight in component_lambdas.items()
+        },
         "smooth": args.smooth,
         "error_metric": args.error_metric,
         "checkpoint": source,
@@ -489,6 +514,8 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
         f"({scored_frames / seconds:.2f} frames/s)",
         file=sys.stderr,
     )
+    components = ", ".join(f"{k} {100 * v:.2f} %" for k, v in report["auc_components"].items())
+    print(f"single branches: {components}; memory updates: {memory_updates}", file=sys.stderr)
     print(f"Frame AUC: {100 * report['auc']:.2f} %")
     return report
 

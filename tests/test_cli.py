@@ -93,6 +93,27 @@ def test_evaluate_writes_report_scores_and_plots(
     assert normality.min() >= 0 and normality.max() <= 1
 
 
+def test_single_branch_aucs_equal_separate_lambda_runs(
+    tiny_dataset: Path, trained_run: Path
+) -> None:
+    """The report's lambda=1 / lambda=0 AUCs come from the same pass; with gamma = 1 every
+    frame updates the memory, so this also checks that the gate does not depend on lambda."""
+
+    def run(lambda_: str) -> dict:
+        argv = [
+            "--dataset_type", "ped2", "--dataset_path", str(tiny_dataset),
+            "--checkpoint", str(trained_run / "checkpoint.pth"), "--precision", "fp32",
+            "--gamma", "1.0", "--lambda", lambda_,
+        ]  # fmt: skip
+        return evaluate.main(evaluate.get_args_parser().parse_args(argv))
+
+    fused, prediction_only, memory_only = run("0.6"), run("1"), run("0")
+    assert fused["memory_updates"] == fused["frames"] == prediction_only["memory_updates"]
+    components = fused["auc_components"]
+    assert components["prediction_only (lambda=1)"] == prediction_only["auc"]
+    assert components["memory_only (lambda=0)"] == memory_only["auc"]
+
+
 def reference_scores(
     model: LGNNet, frames: torch.Tensor, items: torch.Tensor, gamma: float
 ) -> tuple[list[float], list[float], torch.Tensor]:
