@@ -223,7 +223,7 @@ def train_one_epoch(
         if not torch.isfinite(loss):
             raise InputError(
                 f"the training loss became {loss.item()} at epoch {epoch + 1}, step {step + 1}; "
-                "the last good checkpoint is kept; try a lower --lr or --precision fp32"
+                "checkpoints already written are kept; try a lower --lr or --precision fp32"
             )
         optimizer.zero_grad(set_to_none=True)
         if scaler is not None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import errno
 import math
 import os
 import sys
@@ -40,9 +41,24 @@ def atomic_write(path: str | os.PathLike, write: Callable[[Path], Any]) -> None:
         os.umask(umask)
         os.chmod(tmp, 0o666 & ~umask)
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as error:
         Path(tmp).unlink(missing_ok=True)
+        if _is_storage_error(error):
+            raise InputError(
+                f"could not write {path} ({error}); the previous file, if any, is kept; "
+                "free disk space or write to another folder"
+            ) from error
         raise
+
+
+def _is_storage_error(error: BaseException) -> bool:
+    """Full disk, quota or permissions: failures of the storage, not of the program.
+
+    torch.save reports a failed write as a RuntimeError from its C++ zip writer.
+    """
+    if isinstance(error, OSError):
+        return error.errno in (errno.ENOSPC, errno.EDQUOT, errno.EACCES, errno.EROFS)
+    return isinstance(error, RuntimeError) and "write failed" in str(error)
 
 
 # --------------------------------------------------------------------------- devices

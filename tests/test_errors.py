@@ -27,7 +27,7 @@ import evaluate
 import train
 from data.labels import write_ano_pred_mat
 from model.checkpoint import load_model_weights
-from utils import InputError, run_cli
+from utils import InputError, atomic_write, run_cli
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 # The smallest network train.py builds: one input frame (t_length 2), 64-dim memory.
@@ -438,7 +438,7 @@ def test_failed_checkpoint_write_keeps_the_previous_file(
 
     monkeypatch.setattr(train.torch, "save", write_half_then_fail)
     items = torch.zeros(4, 64)
-    with pytest.raises(OSError, match="No space left"):
+    with pytest.raises(InputError, match=r"could not write .*checkpoint\.pth .*No space left"):
         train.save_run_state(run_dir, model, items, optimizer, scheduler, args, 1, 0)
     assert (run_dir / "checkpoint.pth").read_bytes() == b"previous checkpoint"
     assert [p.name for p in run_dir.iterdir()] == ["checkpoint.pth"]
@@ -494,3 +494,31 @@ def test_sigint_saves_a_resumable_checkpoint(dataset_root: Path, tmp_path: Path)
     assert (finished["epoch"], finished["step"]) == (2, 0)
     log = [json.loads(line) for line in (run_dir / "log.jsonl").read_text().splitlines()]
     assert [record["epoch"] for record in log][-1] == 2
+
+
+@pytest.mark.parametrize(
+    ("failure", "becomes_one_line"),
+    [
+        (OSError(28, "No space left on device"), True),
+        (PermissionError(13, "Permission denied"), True),
+        (RuntimeError("PytorchStreamWriter failed writing file data/0: file write failed"), True),
+        (RuntimeError("a bug in the writer"), False),
+        (ValueError("bad row"), False),
+    ],
+)
+def test_storage_failures_become_one_line_errors_and_bugs_do_not(
+    tmp_path: Path, failure: Exception, becomes_one_line: bool
+) -> None:
+    target = tmp_path / "report.json"
+    target.write_text("previous")
+
+    def fail(path: Path) -> None:
+        path.write_text("half")
+        raise failure
+
+    with pytest.raises(InputError if becomes_one_line else type(failure)) as raised:
+        atomic_write(target, fail)
+    if becomes_one_line:
+        assert str(target) in str(raised.value) and "\n" not in str(raised.value)
+    assert target.read_text() == "previous"
+    assert [p.name for p in tmp_path.iterdir()] == ["report.json"]
