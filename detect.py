@@ -99,16 +99,14 @@ from data.frames import (
     list_videos,
     natural_sort_key,
 )
-from model import LGNNet, update_memory
+from model import LGNNet
+from model.test_time import score_next_frame
 from utils import (
     InputError,
     atomic_write,
     autocast,
     frame_auc,
-    frame_errors,
     normality_scores,
-    point_score,
-    psnr_from_mse,
     resolve_device,
     resolve_precision,
     run_cli,
@@ -450,18 +448,13 @@ class StreamingScorer:
         target = self.window[-1].unsqueeze(0)
         with autocast(self.device, self.dtype):
             encoded = self.model.encode(inputs)
-            out = self.model.infer_from_encoded(encoded, self.items)
-        errors = frame_errors(out.prediction, target)
-        updated = self.memory_update and point_score(errors) < self.gamma
-        if updated:
-            self.items = update_memory(out.queries, self.items)
-        error_map = errors[0].mean(0).cpu().numpy() if self.keep_error_maps else None
+        step = score_next_frame(
+            self.model, encoded, target, self.items, self.gamma, self.memory_update, self.dtype
+        )
+        self.items = step.items
+        error_map = step.errors[0].mean(0).cpu().numpy() if self.keep_error_maps else None
         return FrameScore(
-            self.frames_seen - 1,
-            psnr_from_mse(float(errors.mean())),
-            float(out.feature_distance),
-            error_map,
-            updated,
+            self.frames_seen - 1, step.psnr, step.feature_distance, error_map, step.updated
         )
 
 

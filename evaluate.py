@@ -34,7 +34,7 @@ from data.frames import (
     list_videos,
 )
 from data.labels import load_frame_labels
-from model import LGNNet, update_memory
+from model import LGNNet
 from model.checkpoint import (
     extract_state_dict,
     infer_model_sizes,
@@ -43,16 +43,14 @@ from model.checkpoint import (
 )
 from model.lgn_net import Encoded
 from model.pretrained import resolve_checkpoint
+from model.test_time import score_next_frame
 from utils import (
     InputError,
     atomic_write,
     autocast,
     equal_error_rate,
     frame_auc,
-    frame_errors,
     normality_scores,
-    point_score,
-    psnr_from_mse,
     resolve_device,
     resolve_precision,
     run_cli,
@@ -199,16 +197,12 @@ def evaluate_video(
         for offset in range(stop - start):
             target = frames[start + offset + t_length - 1].unsqueeze(0)
             single = Encoded(*(part[offset : offset + 1] for part in encoded))
-            with autocast(device, dtype):
-                out = model.infer_from_encoded(single, items)
-            errors = frame_errors(out.prediction, target)
-            psnr = psnr_from_mse(float(errors.mean()))
-            psnrs.append(psnr)
-            distances.append(float(out.feature_distance))
-            frame_scores.append(scorer(out.prediction, target, psnr) if scorer else psnr)
-            if update and point_score(errors) < gamma:
-                items = update_memory(out.queries, items)
-                memory_updates += 1
+            step = score_next_frame(model, single, target, items, gamma, update, dtype)
+            items = step.items
+            memory_updates += step.updated
+            psnrs.append(step.psnr)
+            distances.append(step.feature_distance)
+            frame_scores.append(scorer(step.prediction, target, step.psnr) if scorer else step.psnr)
     return VideoScores(
         np.array(psnrs), np.array(distances), np.array(frame_scores), items, memory_updates
     )
