@@ -193,7 +193,7 @@ class FrameCache:
 
         try:
             atomic_write(path, write)
-        except OSError as error:
+        except (OSError, InputError) as error:
             # The cache is an optimisation: a full or read-only disk must not stop training.
             warnings.warn(f"could not write frame cache {path}: {error}", stacklevel=3)
 

@@ -237,6 +237,21 @@ def test_corrupt_disk_cache_entry_is_decoded_again(tmp_path, count_decodes):
     assert len(count_decodes) == 3 and frames.shape == (3, H, W, 3)
 
 
+def test_full_disk_while_caching_warns_and_keeps_the_frames(tmp_path, monkeypatch):
+    _make_video(tmp_path / "frames" / "01", 3)
+    video = list_videos(tmp_path / "frames")[0]
+
+    def disk_full(handle, array):
+        handle.write(b"partial")
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(np, "save", disk_full)
+    with pytest.warns(UserWarning, match="could not write frame cache"):
+        frames = FrameCache(H, W, tmp_path / "cache").get(video)
+    assert frames.shape == (3, H, W, 3)
+    assert not [p for p in (tmp_path / "cache").rglob("*") if p.is_file()]
+
+
 def test_video_is_a_sized_value():
     video = Video("01", (Path("a.png"), Path("b.png")))
     assert len(video) == 2 and video == Video("01", (Path("a.png"), Path("b.png")))
