@@ -391,10 +391,11 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
     rows: list[dict[str, Any]] = []
     scored_frames = 0
     memory_updates = 0
-    # The update gate reads the prediction error alone, never lambda, so the single-branch
-    # scores of this pass equal what separate --lambda 1 / --lambda 0 runs would produce.
-    component_lambdas = {"prediction_only": 1.0, "memory_only": 0.0}
-    component_scores: dict[str, list[np.ndarray]] = {name: [] for name in component_lambdas}
+
+    def fused(scores: VideoScores, lambda_: float) -> np.ndarray:
+        normality = normality_scores(scores.frame_score, scores.feature_distance, lambda_)
+        return smooth_scores(normality, args.smooth)
+
     bar = tqdm(total=len(dataset), desc="evaluating", unit="frame", dynamic_ncols=True)
     for index, video in enumerate(dataset.videos):
         frames = frames_to_tensor(torch.from_numpy(dataset.video_frames(index)).to(device))
@@ -410,17 +411,7 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
         )
         items = scores.items
         memory_updates += scores.memory_updates
-        for name, weight in component_lambdas.items():
-            component_scores[name].append(
-                smooth_scores(
-                    normality_scores(scores.frame_score, scores.feature_distance, weight),
-                    args.smooth,
-                )
-            )
-        normality = smooth_scores(
-            normality_scores(scores.frame_score, scores.feature_distance, args.lambda_),
-            args.smooth,
-        )
+        normality = fused(scores, args.lambda_)
         video_labels = labels_by_video[video.name][args.t_length - 1 :]
         frame_index = np.arange(args.t_length - 1, len(video))
         both = 0 < video_labels.sum() < len(video_labels)
@@ -431,6 +422,7 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
                 "abnormal_frames": int(video_labels.sum()),
                 "auc": frame_auc(normality, video_labels) if both else None,
                 "normality": normality,
+                "scores": scores,
                 "labels": video_labels,
                 "frame_index": frame_index,
             }
@@ -477,11 +469,13 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
         "gamma": args.gamma,
         "memory_update": not args.no_memory_update,
         "memory_updates": memory_updates,
+        # The update gate reads the prediction error alone, never lambda, so these equal
+        # separate --lambda 1 / --lambda 0 runs.
         "auc_components": {
             f"{name} (lambda={weight:g})": frame_auc(
-                np.concatenate(component_scores[name]), labels_all
+                np.concatenate([fused(v["scores"], weight) for v in per_video]), labels_all
             )
-            for name, weight in component_lambdas.items()
+            for name, weight in (("prediction_only", 1.0), ("memory_only", 0.0))
         },
         "smooth": args.smooth,
         "error_metric": args.error_metric,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import os
 from pathlib import Path
 
 import numpy as np
@@ -10,6 +11,7 @@ import pytest
 import torch
 
 from utils import (
+    atomic_write,
     equal_error_rate,
     frame_auc,
     frame_errors,
@@ -76,10 +78,6 @@ def test_smoothing_keeps_constants_and_spreads_a_spike() -> None:
 
 
 def test_atomic_write_respects_the_umask(tmp_path: Path) -> None:
-    import os
-
-    from utils import atomic_write
-
     previous = os.umask(0o022)
     try:
         atomic_write(tmp_path / "out.txt", lambda p: p.write_text("x"))
