@@ -32,6 +32,36 @@ class SpatioTemporalBranch(nn.Module):
             SpatioTemporalLSTMCell(hidden, hidden) for _ in range(num_layers)
         )
 
+    def input_gates(self, frames: torch.Tensor) -> list[torch.Tensor]:
+        """The first cell's input convolution of every encoded frame, in time order.
+
+        Args:
+            frames: ``(B, T*channels, H, W)``, T input frames stacked on channels.
+
+        Returns:
+            T tensors ``(B, 7*hidden, H/4, W/4)``.
+
+        In training the frames of each time step go through the per-frame encoder as one
+        batch of B, step after step, as the reference does: every BatchNorm then normalises
+        a step's frames with that step's own statistics and updates its running statistics
+        once per step. Pooling all B*T frames would mix the steps' statistics and update the
+        running statistics once. In eval mode BatchNorm uses its running statistics, so all
+        frames can go through as one batch of B*T with the same result.
+        """
+        batch, stacked, height, width = frames.shape
+        steps = stacked // self.channels
+        first_cell = self.convlstm_list[0]
+        if self.training:
+            return [
+                first_cell.conv_x(
+                    self.encoder(frames[:, t * self.channels : (t + 1) * self.channels])
+                )
+                for t in range(steps)
+            ]
+        per_frame = frames.reshape(batch * steps, self.channels, height, width)
+        gates = first_cell.conv_x(self.encoder(per_frame))
+        return list(gates.reshape(batch, steps, *gates.shape[1:]).unbind(1))
+
     def forward(self, frames: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Run the recurrence over the input frames.
 
@@ -42,24 +72,16 @@ class SpatioTemporalBranch(nn.Module):
             ``(h, m)``: the last layer's hidden state and the final spatiotemporal memory,
             each ``(B, hidden, H/4, W/4)``.
         """
-        batch, stacked, height, width = frames.shape
-        steps = stacked // self.channels
-        # All frames go through the per-frame encoder (and the first cell's input
-        # convolution) as one batch: they do not depend on the recurrence.
-        per_frame = frames.reshape(batch * steps, self.channels, height, width)
-        encoded = self.encoder(per_frame)
-        x_gates = self.convlstm_list[0].conv_x(encoded)
-        x_gates = x_gates.reshape(batch, steps, *x_gates.shape[1:])
-
-        zeros = encoded.new_zeros(batch, self.hidden, *encoded.shape[-2:])
+        gates = self.input_gates(frames)
+        zeros = gates[0].new_zeros(gates[0].shape[0], self.hidden, *gates[0].shape[-2:])
         hidden = [zeros] * len(self.convlstm_list)
         cell = [zeros] * len(self.convlstm_list)
         memory = zeros
-        for t in range(steps):
+        for x_gates in gates:
             for layer, lstm in enumerate(self.convlstm_list):
                 if layer == 0:
                     hidden[0], cell[0], memory = lstm(
-                        None, hidden[0], cell[0], memory, x_gates=x_gates[:, t]
+                        None, hidden[0], cell[0], memory, x_gates=x_gates
                     )
                 else:
                     hidden[layer], cell[layer], memory = lstm(
