@@ -16,43 +16,48 @@ Several GPUs or machines: launch the same command with ``torchrun`` (Distributed
 from __future__ import annotations
 
 import argparse
-import json
-import random
-import signal
 import sys
 import time
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import NoReturn
 
-import numpy as np
 import torch
-import torch.nn.functional as F
 from torch.utils.data import DataLoader
-from tqdm import tqdm
 
-import distributed_training
-from data.datasets import dataset_dir_for
+from data.datasets import DATASET_TYPES, dataset_dir_for
 from data.frames import FrameCache, FrameWindowDataset, find_split_dir, list_videos
 from model import LGNNet, init_memory_items
-from model.checkpoint import load_memory_items, load_model_weights
+from model.checkpoint import load_model_weights
+from training import distributed
+from training.loop import (
+    StopRequested,
+    check_processes_in_sync,
+    epoch_batches,
+    train_one_epoch,
+)
+from training.run_state import (
+    append_log,
+    check_run_dir,
+    load_resume_state,
+    resumed_scheduler,
+    save_run_state,
+    seed_everything,
+    set_rng_state,
+)
 from utils import (
     InputError,
-    atomic_write,
-    autocast,
+    argument_parser,
+    finite_number,
     resolve_device,
     resolve_precision,
     run_cli,
 )
 
-DATASET_TYPES = ("ped2", "avenue", "shanghai", "demo")
-# What save_run_state writes and --resume reads back.
-RESUME_ENTRIES = ("model", "items", "optimizer", "scheduler", "epoch", "step", "rng")
-
 
 def get_args_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser("LGN-Net training", add_help=True)
+    parser = argument_parser("train.py", "Train LGN-Net on a benchmark's normal training videos.")
     data = parser.add_argument_group("data")
-    data.add_argument("--dataset_type", default="ped2", choices=DATASET_TYPES)
+    data.add_argument("--dataset_type", default="ped2", choices=DATASET_TYPES, help="benchmark")
     data.add_argument("--dataset_path", default="./datasets", help="folder holding <dataset_type>/")
     data.add_argument("--cache_dir", default=None, help="keep decoded, resized frames here")
     data.add_argument("--num_workers", type=int, default=2, help="DataLoader worker processes")
@@ -67,12 +72,12 @@ def get_args_parser() -> argparse.ArgumentParser:
     model.add_argument("--msize", type=int, default=10, help="number of memory items")
 
     optim = parser.add_argument_group("optimisation")
-    optim.add_argument("--batch_size", type=int, default=6)
-    optim.add_argument("--epochs", type=int, default=60)
-    optim.add_argument("--lr", type=float, default=2e-4)
+    optim.add_argument("--batch_size", type=int, default=6, help="windows per step")
+    optim.add_argument("--epochs", type=int, default=60, help="epochs of the cosine schedule")
+    optim.add_argument("--lr", type=float, default=2e-4, help="Adam learning rate")
     optim.add_argument("--loss_compact", type=float, default=10.0, help="compactness weight")
     optim.add_argument("--loss_separate", type=float, default=5.0, help="separateness weight")
-    optim.add_argument("--seed", type=int, default=0)
+    optim.add_argument("--seed", type=int, default=0, help="initialisation and shuffling")
     optim.add_argument(
         "--precision",
         default="auto",
@@ -88,7 +93,12 @@ def get_args_parser() -> argparse.ArgumentParser:
         nargs="?",
         const="auto",
         default=None,
-        help="continue from a checkpoint.pth (default: the run's own)",
+        metavar="CHECKPOINT",
+        help="continue from a checkpoint.pth (default: the run's own); with another --epochs "
+        "the cosine schedule becomes that of a run of --epochs epochs",
+    )
+    run.add_argument(
+        "--overwrite", action="store_true", help="replace an earlier run in the same folder"
     )
     run.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, ...")
     run.add_argument(
@@ -118,271 +128,35 @@ def get_args_parser() -> argparse.ArgumentParser:
 
 
 def validate_args(args: argparse.Namespace) -> None:
-    """Reject flag values the model cannot use, naming the flag."""
+    """Reject flag values the model or the optimiser cannot use, naming the flag, before
+    anything is read or written."""
     for flag in ("h", "w"):
         value = getattr(args, flag)
         if value <= 0 or value % 8:
             raise InputError(f"--{flag} {value} must be a positive multiple of 8")
-    for flag in ("batch_size", "epochs", "msize", "c"):
+    for flag in ("batch_size", "epochs", "msize", "c", "fdim"):
         if getattr(args, flag) <= 0:
             raise InputError(f"--{flag} must be positive, got {getattr(args, flag)}")
-    if args.sync_check_every < 0:
-        raise InputError(f"--sync_check_every must be 0 or positive, got {args.sync_check_every}")
+    for flag in ("sync_check_every", "num_workers"):
+        if getattr(args, flag) < 0:
+            raise InputError(f"--{flag} must be 0 or positive, got {getattr(args, flag)}")
     if args.t_length < 2:
         raise InputError(f"--t_length must be at least 2, got {args.t_length}")
     if args.fdim != args.mdim:
         raise InputError(f"--fdim ({args.fdim}) must equal --mdim ({args.mdim})")
-
-
-def build_model(args: argparse.Namespace) -> LGNNet:
-    return LGNNet(
-        channels=args.c, t_length=args.t_length, msize=args.msize, fdim=args.fdim, mdim=args.mdim
-    )
-
-
-def epoch_batches(num_windows: int, batch_size: int, seed: int, epoch: int) -> list[list[int]]:
-    """The shuffled, last-partial-dropped batches of one epoch, a pure function of
-    (seed, epoch) so a resumed run sees exactly the batches an uninterrupted one would."""
-    generator = torch.Generator().manual_seed(seed * 100_003 + epoch)
-    order = torch.randperm(num_windows, generator=generator).tolist()
-    usable = num_windows - num_windows % batch_size
-    return [order[i : i + batch_size] for i in range(0, usable, batch_size)]
-
-
-class StopRequested:
-    """Turns SIGINT/SIGTERM into a flag checked between steps, so a signal ends training
-    with a saved checkpoint instead of a torn one."""
-
-    def __init__(self) -> None:
-        self.signal_name: str | None = None
-        self._previous: dict[int, Any] = {}
-
-    def __enter__(self) -> StopRequested:
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            self._previous[sig] = signal.signal(sig, self._handle)
-        return self
-
-    def _handle(self, signum: int, frame: Any) -> None:
-        self.signal_name = signal.Signals(signum).name
-
-    def __exit__(self, *exc: object) -> None:
-        for sig, handler in self._previous.items():
-            signal.signal(sig, handler)
-
-    def __bool__(self) -> bool:
-        return self.signal_name is not None
-
-
-def train_one_epoch(
-    model: torch.nn.Module,
-    loader: DataLoader,
-    items: torch.Tensor,
-    optimizer: torch.optim.Optimizer,
-    device: torch.device,
-    args: argparse.Namespace,
-    epoch: int,
-    start_step: int = 0,
-    stop: StopRequested | None = None,
-    scaler: torch.amp.GradScaler | None = None,
-) -> tuple[torch.Tensor, dict[str, float], int]:
-    """One pass over ``loader``'s batches.
-
-    Args:
-        model: an ``LGNNet`` or, under torchrun, ``distributed_training.wrap_model``'s wrapper.
-        items: memory items ``(msize, mdim)`` before the epoch.
-        start_step: index of the first batch (after a mid-epoch resume).
-        stop: checked after every step; training stops early when set (on any process:
-            all processes stop after the same step).
-
-    Returns:
-        ``(items, mean_losses, steps_done)``, where ``steps_done`` counts from the epoch start
-        and the losses are pooled over all processes.
-    """
-    model.train()
-    dtype = resolve_precision(args.precision, device)
-    totals = {"loss": 0.0, "pixel": 0.0, "compact": 0.0, "separate": 0.0}
-    count = 0
-    step = start_step
-    bar = tqdm(
-        loader,
-        desc=f"epoch {epoch + 1}/{args.epochs}",
-        leave=False,
-        dynamic_ncols=True,
-        disable=not distributed_training.is_main(),
-    )
-    input_channels = (args.t_length - 1) * args.c
-    for windows in bar:
-        windows = windows.to(device, non_blocking=True)
-        with autocast(device, dtype):
-            # Through __call__ (not forward_train) so a torch.compile'd model runs compiled.
-            out = model(windows[:, :input_channels], items)
-            pixel = F.mse_loss(out.prediction.float(), windows[:, input_channels:].float())
-            loss = (
-                pixel + args.loss_compact * out.compactness + args.loss_separate * out.separateness
-            )
-        if not torch.isfinite(loss):
-            raise InputError(
-                f"the training loss became {loss.item()} at epoch {epoch + 1}, step {step + 1}; "
-                "checkpoints already written are kept; try a lower --lr or --precision fp32"
-            )
-        optimizer.zero_grad(set_to_none=True)
-        if scaler is not None:
-            scaler.scale(loss).backward()
-            scaler.step(optimizer)
-            scaler.update()
-        else:
-            loss.backward()
-            optimizer.step()
-        items = out.items
-        step += 1
-        count += 1
-        if args.sync_check_every and step % args.sync_check_every == 0:
-            check_processes_in_sync(model, items, f"after epoch {epoch + 1}, step {step}")
-        for key, value in (
-            ("loss", loss),
-            ("pixel", pixel),
-            ("compact", out.compactness),
-            ("separate", out.separateness),
-        ):
-            totals[key] += float(value.detach())
-        bar.set_postfix({k: f"{v / count:.4f}" for k, v in totals.items()})
-        if distributed_training.any_rank(bool(stop)):
-            break
-    bar.close()
-    return items, distributed_training.mean_over_ranks(totals, count), step
-
-
-def check_processes_in_sync(model: torch.nn.Module, items: torch.Tensor, where: str) -> None:
-    """``--sync_check_every``: stop with an error unless every process holds the same memory
-    items and weights (a no-op outside torchrun)."""
-    if not distributed_training.is_distributed():
-        return
-    digest = distributed_training.parameter_digest(model.parameters())
-    distributed_training.check_in_sync({"memory items": items, "weights": digest}, where)
-    if distributed_training.is_main():
-        tqdm.write(
-            f"sync check {where}: memory items and weights identical on "
-            f"{distributed_training.world_size()} processes",
-            file=sys.stderr,
-        )
-
-
-def rng_state() -> dict[str, Any]:
-    state = {
-        "python": random.getstate(),
-        "numpy": np.random.get_state(),
-        "torch": torch.get_rng_state(),
-    }
-    if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state_all()
-    return state
-
-
-def set_rng_state(state: dict[str, Any]) -> None:
-    random.setstate(state["python"])
-    np.random.set_state(state["numpy"])
-    torch.set_rng_state(state["torch"])
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
-
-
-def save_run_state(
-    run_dir: Path,
-    model: LGNNet,
-    items: torch.Tensor,
-    optimizer: torch.optim.Optimizer,
-    scheduler: torch.optim.lr_scheduler.LRScheduler,
-    args: argparse.Namespace,
-    epoch: int,
-    step: int,
-) -> None:
-    """Write ``checkpoint.pth`` (resumable state at ``epoch``/``step``) and the reference-layout
-    ``model.pth`` + ``keys.pt``, each atomically.
-
-    Under torchrun every process calls this: rank 0 writes (with every process's RNG state)
-    while the others wait, so none exits before the files are complete.
-    """
-    rng_by_rank = distributed_training.gather_to_main(rng_state())
-    if distributed_training.is_main():
-        weights = {k: v.detach().cpu() for k, v in model.state_dict().items()}
-        items_cpu = items.detach().cpu()
-        checkpoint = {
-            "model": weights,
-            "items": items_cpu,
-            "optimizer": optimizer.state_dict(),
-            "scheduler": scheduler.state_dict(),
-            "epoch": epoch,
-            "step": step,
-            "args": vars(args),
-            "rng": rng_by_rank[0],
-            # A mid-epoch step index means "batches of this many processes' shards".
-            "world_size": len(rng_by_rank),
-            "rng_by_rank": rng_by_rank,
-        }
-        atomic_write(run_dir / "checkpoint.pth", lambda p: torch.save(checkpoint, p))
-        atomic_write(run_dir / "model.pth", lambda p: torch.save(weights, p))
-        atomic_write(run_dir / "keys.pt", lambda p: torch.save(items_cpu, p))
-    distributed_training.barrier()
-
-
-def append_log(path: Path, record: dict[str, Any]) -> None:
-    with open(path, "a", encoding="utf-8") as log:
-        log.write(json.dumps(record) + "\n")
-
-
-def seed_everything(seed: int) -> None:
-    random.seed(seed)
-    np.random.seed(seed)
-    torch.manual_seed(seed)
-
-
-def prepare_run_dir(args: argparse.Namespace) -> Path:
-    run_dir = Path(args.output_root) / args.dataset_type / args.exp_dir
-    try:
-        run_dir.mkdir(parents=True, exist_ok=True)
-        probe = run_dir / ".write_test"
-        probe.touch()
-        probe.unlink()
-    except OSError as error:
-        raise InputError(
-            f"cannot write to the output folder {run_dir} ({error.strerror}); "
-            "choose another with --output_root/--exp_dir"
-        ) from None
-    return run_dir
-
-
-def load_resume_state(args: argparse.Namespace, run_dir: Path) -> dict[str, Any] | None:
-    if args.resume is None:
-        return None
-    path = run_dir / "checkpoint.pth" if args.resume == "auto" else Path(args.resume)
-    if not path.is_file():
-        if args.resume == "auto":
-            print(f"no checkpoint at {path} yet; starting a new run", file=sys.stderr)
-            return None
-        raise InputError(f"--resume checkpoint {path} does not exist; check the path")
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=False)
-    except Exception as error:  # a truncated or foreign file: say which one
-        raise InputError(
-            f"cannot read the checkpoint {path} ({type(error).__name__}); "
-            "it may be damaged: resume from another file or start anew"
-        ) from None
-    missing = [key for key in RESUME_ENTRIES if not isinstance(state, dict) or key not in state]
-    if missing:
-        raise InputError(
-            f"{path} is not a checkpoint.pth written by train.py (it lacks "
-            f"{', '.join(map(repr, missing))}); resume from a run's checkpoint.pth "
-            "(model.pth and keys.pt hold weights only)"
-        )
-    # Items of another --msize/--mdim would otherwise train on silently with the wrong size.
-    state["items"] = load_memory_items(state["items"], args.msize, args.mdim, source=str(path))
-    return state
+    if args.msize < 2:
+        raise InputError("--msize must be at least 2 (the triplet loss needs two items)")
+    finite_number("--lr", args.lr, minimum=0.0, above=True)
+    finite_number("--loss_compact", args.loss_compact, minimum=0.0)
+    finite_number("--loss_separate", args.loss_separate, minimum=0.0)
+    if args.resume is not None and args.overwrite:
+        raise InputError("--resume continues a run and --overwrite replaces it; give one")
 
 
 def exit_for_signal(stop: StopRequested, run_dir: Path, when: str) -> NoReturn:
     """End the process after a signal, once the checkpoint is saved (on every process, as
     the signal may have reached only another one)."""
-    if distributed_training.is_main():
+    if distributed.is_main():
         print(
             f"{stop.signal_name or 'stop requested by another process'}: saved "
             f"{run_dir / 'checkpoint.pth'} {when}; continue with --resume",
@@ -395,24 +169,29 @@ def main(args: argparse.Namespace) -> Path:
     """Train; returns the run folder. Under torchrun every process runs this, as one
     DistributedDataParallel replica; without it a single process trains alone."""
     validate_args(args)
-    device = distributed_training.setup(resolve_device(args.device))
+    device = distributed.setup(resolve_device(args.device))
     try:
         return train_this_process(args, device)
     finally:
-        distributed_training.teardown()
+        distributed.teardown()
 
 
 def train_this_process(args: argparse.Namespace, device: torch.device) -> Path:
-    """The training run of this process (of ``distributed_training.world_size()``)."""
+    """The training run of this process (of ``distributed.world_size()``)."""
     dtype = resolve_precision(args.precision, device)
     if args.sync_bn and device.type != "cuda":
         raise InputError("--sync_bn needs CUDA (SyncBatchNorm has no CPU version); drop it on CPU")
-    rank, world_size = distributed_training.rank(), distributed_training.world_size()
-    is_main = distributed_training.is_main()
+    rank, world_size = distributed.rank(), distributed.world_size()
+    is_main = distributed.is_main()
     # The output folder may exist on rank 0's machine only: rank 0 alone creates and reads it.
-    run_dir = distributed_training.share_from_main(lambda: prepare_run_dir(args))
-    resume = distributed_training.share_from_main(lambda: load_resume_state(args, run_dir))
+    run_dir = distributed.share_from_main(lambda: check_run_dir(args))
+    resume = distributed.share_from_main(lambda: load_resume_state(args, run_dir))
     resume_path = run_dir / "checkpoint.pth" if args.resume == "auto" else args.resume
+    if resume is not None and (resume["epoch"], resume["step"]) >= (args.epochs, 0):
+        raise InputError(
+            f"{resume_path} has already trained {resume['epoch']} epochs, so --epochs "
+            f"{args.epochs} leaves nothing to do; give a larger --epochs to train on"
+        )
     if resume is not None and resume["step"] and resume.get("world_size", 1) != world_size:
         raise InputError(
             f"{resume_path} was saved mid-epoch by {resume.get('world_size', 1)} processes, "
@@ -433,38 +212,40 @@ def train_this_process(args: argparse.Namespace, device: torch.device) -> Path:
             + (" or start fewer processes" if world_size > 1 else "")
         )
 
-    model = build_model(args).to(device)
+    model = LGNNet(
+        channels=args.c, t_length=args.t_length, msize=args.msize, fdim=args.fdim, mdim=args.mdim
+    ).to(device)
     if args.sync_bn:
         model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
     if device.type == "cuda":
         model = model.to(memory_format=torch.channels_last)
     items = init_memory_items(args.msize, args.mdim, device=device)
     optimizer = torch.optim.Adam(model.parameters(), lr=args.lr)
-    scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=args.epochs)
     scaler = torch.amp.GradScaler("cuda") if dtype == torch.float16 else None
     start_epoch, start_step = 0, 0
+    scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=args.epochs)
     if resume is not None:
         load_model_weights(model, resume["model"], source=str(resume_path))
         items = resume["items"].to(device)
         optimizer.load_state_dict(resume["optimizer"])
-        scheduler.load_state_dict(resume["scheduler"])
+        start_epoch, start_step = resume["epoch"], resume["step"]
+        scheduler = resumed_scheduler(optimizer, resume["scheduler"], args.epochs, start_epoch)
         # Checkpoints before multi-process support hold rank 0's state only.
         rng_by_rank = resume.get("rng_by_rank", [resume["rng"]])
         if rank < len(rng_by_rank):
             set_rng_state(rng_by_rank[rank])
-        start_epoch, start_step = resume["epoch"], resume["step"]
         if is_main:
-            print(f"resuming at epoch {start_epoch + 1}, step {start_step}", file=sys.stderr)
-    items = distributed_training.broadcast_from_main(items)
+            lr = optimizer.param_groups[0]["lr"]
+            print(
+                f"resuming at epoch {start_epoch + 1}, step {start_step}, lr {lr:.3g}",
+                file=sys.stderr,
+            )
+    items = distributed.broadcast_from_main(items)
 
     # Checkpoints are saved from `model`; the DDP and compiled wrappers only run the steps.
-    step_model = distributed_training.wrap_model(model, device)
+    step_model = distributed.wrap_model(model, device)
     step_model = torch.compile(step_model) if args.compile else step_model
     if is_main:
-        atomic_write(
-            run_dir / "config.json",
-            lambda p: p.write_text(json.dumps(vars(args), indent=2, default=str)),
-        )
         processes = f", {world_size} processes" if world_size > 1 else ""
         print(
             f"training on {len(dataset)} windows from {len(dataset.videos)} videos, "
@@ -477,7 +258,7 @@ def train_this_process(args: argparse.Namespace, device: torch.device) -> Path:
             if world_size == 1:
                 batches = epoch_batches(len(dataset), args.batch_size, args.seed, epoch)
             else:
-                batches = distributed_training.rank_batches(
+                batches = distributed.rank_batches(
                     len(dataset), args.batch_size, args.seed, epoch, rank, world_size
                 )
             loader = DataLoader(
@@ -487,10 +268,14 @@ def train_this_process(args: argparse.Namespace, device: torch.device) -> Path:
                 pin_memory=device.type == "cuda",
                 persistent_workers=False,
             )
-            began = time.time()
+            began, lr = time.time(), optimizer.param_groups[0]["lr"]
             items, losses, step = train_one_epoch(
-                step_model, loader, items, optimizer, device, args, epoch, start_step, stop, scaler
-            )
+                step_model, loader, items, optimizer, device,
+                loss_compact=args.loss_compact, loss_separate=args.loss_separate,
+                channels=args.c, dtype=dtype, epoch=epoch, epochs=args.epochs,
+                start_step=start_step, stop=stop, scaler=scaler,
+                sync_check_every=args.sync_check_every,
+            )  # fmt: skip
             if step < len(batches):  # a signal (to any process) ended the epoch early
                 save_run_state(run_dir, model, items, optimizer, scheduler, args, epoch, step)
                 exit_for_signal(stop, run_dir, f"at epoch {epoch + 1}, step {step}")
@@ -501,22 +286,23 @@ def train_this_process(args: argparse.Namespace, device: torch.device) -> Path:
                 record = {
                     "epoch": epoch + 1,
                     **losses,
-                    "lr": optimizer.param_groups[0]["lr"],
+                    "lr": lr,  # the learning rate this epoch trained with
                     "seconds": round(time.time() - began, 2),
                 }
-                append_log(run_dir / "log.jsonl", record)
+                first = epoch == start_epoch  # earlier runs' later epochs leave the log
+                append_log(run_dir / "log.jsonl", record, start_epoch if first else None)
                 print(
                     f"epoch {epoch + 1}/{args.epochs}: loss {losses['loss']:.5f} "
                     f"(pixel {losses['pixel']:.5f}, compact {losses['compact']:.5f}, "
                     f"separate {losses['separate']:.5f}) in {record['seconds']:.0f}s",
                     file=sys.stderr,
                 )
-            if distributed_training.any_rank(bool(stop)):
+            if distributed.any_rank(bool(stop)):
                 exit_for_signal(stop, run_dir, f"after epoch {epoch + 1}")
     if args.sync_check_every:
         check_processes_in_sync(step_model, items, "at the end of training")
     if args.calibrate and is_main:
-        from detect import calibrate_training_run
+        from inference.calibration import calibrate_training_run
 
         calibrate_training_run(run_dir / "checkpoint.pth", model, items, dataset, dtype)
     return run_dir

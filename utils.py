@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import contextlib
 import errno
 import math
@@ -36,10 +37,7 @@ def atomic_write(path: str | os.PathLike, write: Callable[[Path], Any]) -> None:
     os.close(fd)
     try:
         write(Path(tmp))
-        # mkstemp creates 0600 files; give the result the permissions a plain open() would.
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)
+        _give_default_permissions(tmp)
         os.replace(tmp, path)
     except BaseException as error:
         Path(tmp).unlink(missing_ok=True)
@@ -51,14 +49,98 @@ def atomic_write(path: str | os.PathLike, write: Callable[[Path], Any]) -> None:
         raise
 
 
-def _is_storage_error(error: BaseException) -> bool:
-    """Full disk, quota or permissions: failures of the storage, not of the program.
+class PendingFile:
+    """An output written under a temporary name beside its destination (same suffix, so
+    OpenCV can pick the container from it, which ``utils.atomic_write``'s ``.tmp`` names
+    prevent) and renamed over it by :meth:`commit`; :meth:`discard` removes it."""
 
-    torch.save reports a failed write as a RuntimeError from its C++ zip writer.
+    def __init__(self, path: str | os.PathLike) -> None:
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(
+            prefix=f".{self.path.stem}.", suffix=self.path.suffix, dir=self.path.parent
+        )
+        os.close(fd)
+        self.tmp = Path(tmp)
+
+    def commit(self) -> None:
+        _give_default_permissions(self.tmp)
+        os.replace(self.tmp, self.path)
+
+    def discard(self) -> None:
+        self.tmp.unlink(missing_ok=True)
+
+
+def _give_default_permissions(path: str | os.PathLike) -> None:
+    """mkstemp creates 0600 files; give a result the permissions a plain open() would."""
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(path, 0o666 & ~umask)
+
+
+def _is_storage_error(error: BaseException) -> bool:
+    """Full disk, quota, file-size limit or permissions: failures of the storage, not of
+    the program.
+
+    torch.save reports a failed write as a RuntimeError from its C++ zip writer: "file write
+    failed", or "unexpected pos" when the file stopped growing (e.g. at ``ulimit -f``).
     """
     if isinstance(error, OSError):
-        return error.errno in (errno.ENOSPC, errno.EDQUOT, errno.EACCES, errno.EROFS)
-    return isinstance(error, RuntimeError) and "write failed" in str(error)
+        storage = (errno.ENOSPC, errno.EDQUOT, errno.EACCES, errno.EROFS, errno.EFBIG)
+        return error.errno in storage
+    return isinstance(error, RuntimeError) and any(
+        pattern in str(error) for pattern in ("write failed", "unexpected pos")
+    )
+
+
+def _nearest_existing_folder(path: Path) -> Path:
+    for candidate in (path, *path.parents):
+        if candidate.exists():
+            return candidate
+    return Path(".")
+
+
+def check_writable_outputs(
+    files: dict[str, str | os.PathLike | None], folders: dict[str, str | os.PathLike | None]
+) -> None:
+    """Fail before any work, not after it, when an output cannot be written.
+
+    ``files`` and ``folders`` map a flag (``--report``) to its path (None: not asked for).
+    Every path must be distinct, a file must not be an existing folder (nor a folder an
+    existing file), and the nearest existing folder above each must be writable. Nothing is
+    created, so a run that stops early leaves no empty folders behind.
+
+    Raises:
+        InputError: naming the flag, the path and the fix.
+    """
+    seen: dict[Path, str] = {}
+    for flag, target, is_folder in [
+        *((flag, target, False) for flag, target in files.items()),
+        *((flag, target, True) for flag, target in folders.items()),
+    ]:
+        if not target:
+            continue
+        target = Path(target)
+        resolved = target.resolve()
+        if resolved in seen:
+            raise InputError(
+                f"{seen[resolved]} and {flag} both name {target}; give each output its own path"
+            )
+        seen[resolved] = flag
+        if not is_folder and target.is_dir():
+            raise InputError(f"{flag} {target} is a folder; give a file name")
+        if is_folder and target.exists() and not target.is_dir():
+            raise InputError(f"{flag} {target} is a file; give a folder")
+        existing = _nearest_existing_folder(target if is_folder else target.parent)
+        if not existing.is_dir():
+            raise InputError(f"{flag} {target}: {existing} is a file, not a folder")
+        try:
+            with tempfile.TemporaryFile(dir=existing):
+                pass
+        except OSError as error:
+            raise InputError(
+                f"{flag}: cannot write to {existing} ({error.strerror}); choose another path"
+            ) from None
 
 
 # --------------------------------------------------------------------------- devices
@@ -178,9 +260,29 @@ def equal_error_rate(normality: np.ndarray, labels: np.ndarray) -> float:
 # --------------------------------------------------------------------------- CLI plumbing
 
 
+class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Shows each flag's default, except where there is none to show or the help says it."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        if action.default in (None, False, argparse.SUPPRESS) or "default" in text:
+            return text
+        return super()._get_help_string(action)
+
+
+def argument_parser(prog: str, description: str) -> argparse.ArgumentParser:
+    """An ``ArgumentParser`` for one of the command lines: ``prog`` names the script in the
+    usage line, and ``--help`` shows the defaults."""
+    return argparse.ArgumentParser(
+        prog=prog, description=description, formatter_class=_HelpFormatter
+    )
+
+
 def run_cli(main: Callable[[Any], Any], args: Any) -> None:
-    """Run a CLI ``main(args)``: an :class:`InputError` (or Ctrl-C) ends the process with a
-    one-line message and a non-zero exit instead of a traceback, unless ``args.debug``."""
+    """Run a CLI ``main(args)``: an :class:`InputError` ends the process with a one-line
+    message and exit status 2, Ctrl-C with one line and status 130, instead of a traceback
+    (unless ``args.debug``). Outputs are written atomically, so an interrupted run leaves
+    the previous files as they were."""
     try:
         main(args)
     except InputError as error:
@@ -188,3 +290,19 @@ def run_cli(main: Callable[[Any], Any], args: Any) -> None:
             raise
         print(f"error: {error}", file=sys.stderr)
         sys.exit(2)
+    except KeyboardInterrupt:
+        if getattr(args, "debug", False):
+            raise
+        print("\ninterrupted: outputs not finished were not written", file=sys.stderr)
+        sys.exit(130)
+
+
+def finite_number(flag: str, value: float, minimum: float | None = None, above: bool = False):
+    """Raise InputError unless ``value`` is a finite number (``>= minimum``, or ``> minimum``
+    with ``above``), naming ``flag``. Returns ``value``."""
+    if not math.isfinite(value):
+        raise InputError(f"{flag} {value} must be a finite number")
+    if minimum is not None and (value <= minimum if above else value < minimum):
+        relation = "greater than" if above else "at least"
+        raise InputError(f"{flag} {value} must be {relation} {minimum:g}")
+    return value

@@ -2,12 +2,12 @@
 
 For every size this measures, in one run:
 
-- evaluation, seconds per test frame, through ``evaluate.evaluate_video`` (the function
+- evaluation, seconds per test frame, through ``inference.video.evaluate_video`` (the function
   ``evaluate.py`` runs per video): the *plain* path (fp32, one window at a time) and the
   *default* path (``--precision auto``, ``--eval_batch_size 8``);
-- training, samples per second, through ``train.train_one_epoch`` on an in-memory loader: the
-  plain path (fp32, batch 1) and the default path (``--precision auto``, batch 6, channels_last
-  on CUDA as ``train.py`` sets it);
+- training, samples per second, through ``training.loop.train_one_epoch`` on an in-memory
+  loader: the plain path (fp32, batch 1) and the default path (``--precision auto``, batch 6,
+  channels_last on CUDA as ``train.py`` sets it);
 - variants that explain the choice of defaults: bf16 forced on a CPU without native bf16
   (emulated there, hence ``auto`` picks fp32), fp32 at the default batch sizes where ``auto``
   picks a lower precision, and the other memory format (channels_last / contiguous);
@@ -57,6 +57,7 @@ import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from training.loop import train_one_epoch  # noqa: E402
 from utils import (  # noqa: E402
     InputError,
     atomic_write,
@@ -65,6 +66,7 @@ from utils import (  # noqa: E402
     resolve_precision,
 )
 
+LOSS_COMPACT, LOSS_SEPARATE = 10.0, 5.0  # train.py's defaults (SPEC)
 DEFAULT_EVAL_BATCH = 8  # evaluate.py --eval_batch_size
 DEFAULT_TRAIN_BATCH = 6  # train.py --batch_size
 VARIANTS = ("bf16", "fp32_batched", "memory_format")
@@ -192,15 +194,13 @@ def count_flops(height: int, width: int) -> dict[str, float]:
     """
     from torch.utils.flop_counter import FlopCounterMode
 
-    import train
-    from model import init_memory_items
+    from model import LGNNet, init_memory_items
 
     def count() -> dict[str, float]:
-        args = train.get_args_parser().parse_args([])
-        model = train.build_model(args).eval()
-        items = init_memory_items(args.msize, args.mdim)
-        window = torch.zeros(1, args.t_length * args.c, height, width)
-        inputs, target = window[:, : -args.c], window[:, -args.c :]
+        model = LGNNet().eval()
+        items = init_memory_items(model.msize, model.mdim)
+        window = torch.zeros(1, model.t_length * model.channels, height, width)
+        inputs, target = window[:, : -model.channels], window[:, -model.channels :]
         with FlopCounterMode(display=False) as counter, torch.no_grad():
             model.infer_from_encoded(model.encode(inputs), items)
         forward = counter.get_total_flops()
@@ -208,9 +208,7 @@ def count_flops(height: int, width: int) -> dict[str, float]:
         with FlopCounterMode(display=False) as counter:
             out = model.forward_train(inputs, items)
             loss = F.mse_loss(out.prediction, target)
-            loss = (
-                loss + args.loss_compact * out.compactness + args.loss_separate * out.separateness
-            )
+            loss = loss + LOSS_COMPACT * out.compactness + LOSS_SEPARATE * out.separateness
             loss.backward()
         return {
             "forward_per_frame": float(forward),
@@ -257,7 +255,7 @@ def peak_memory_bytes(device: torch.device) -> int:
 
 def measure_eval(config: Config, device: torch.device) -> list[float]:
     """Seconds per frame of each timed chunk of ``config.batch`` windows."""
-    from evaluate import evaluate_video
+    from inference.video import evaluate_video
     from model import LGNNet, init_memory_items
 
     model = LGNNet().to(device).eval()
@@ -297,31 +295,23 @@ def measure_eval(config: Config, device: torch.device) -> list[float]:
 def measure_train(config: Config, device: torch.device) -> list[float]:
     """Seconds of each timed training step of ``config.batch`` samples.
 
-    The model, memory, optimizer and loader are set up as ``train.main`` sets them up; each
-    step is one call of ``train.train_one_epoch`` on a one-batch loader.
+    The model, memory, optimizer and loader are set up as ``train.py`` sets them up; each
+    step is one call of ``training.loop.train_one_epoch`` on a one-batch loader.
     """
     from torch.utils.data import DataLoader
 
-    import train
-    from model import init_memory_items
+    from model import LGNNet, init_memory_items
 
-    args = train.get_args_parser().parse_args(
-        [
-            "--precision", config.precision,
-            "--batch_size", str(config.batch),
-            "--h", str(config.height),
-            "--w", str(config.width),
-        ]
-    )  # fmt: skip
-    dtype = resolve_precision(args.precision, device)
+    dtype = resolve_precision(config.precision, device)
     torch.manual_seed(config.seed)
-    model = train.build_model(args).to(device)
+    model = LGNNet().to(device)
     if config.channels_last:
         model = model.to(memory_format=torch.channels_last)
-    items = init_memory_items(args.msize, args.mdim, device=device)
-    optimizer = torch.optim.Adam(model.parameters(), lr=args.lr)
+    items = init_memory_items(model.msize, model.mdim, device=device)
+    optimizer = torch.optim.Adam(model.parameters(), lr=2e-4)
     scaler = torch.amp.GradScaler("cuda") if dtype == torch.float16 else None
-    windows = torch.rand(config.batch, args.t_length * args.c, args.h, args.w) * 2 - 1
+    stacked = model.t_length * model.channels
+    windows = torch.rand(config.batch, stacked, config.height, config.width) * 2 - 1
     loader = DataLoader(windows, batch_size=config.batch, pin_memory=device.type == "cuda")
     step_seconds = []
     for step in range(config.warmup + config.units):
@@ -330,9 +320,10 @@ def measure_train(config: Config, device: torch.device) -> list[float]:
         # train_one_epoch draws a progress bar per call, one per timed step: keep it (and
         # the step's stderr with it) out of the report.
         with contextlib.redirect_stderr(io.StringIO()):
-            items, _, _ = train.train_one_epoch(
-                model, loader, items, optimizer, device, args, epoch=0, scaler=scaler
-            )
+            items, _, _ = train_one_epoch(
+                model, loader, items, optimizer, device,
+                loss_compact=LOSS_COMPACT, loss_separate=LOSS_SEPARATE, dtype=dtype, scaler=scaler,
+            )  # fmt: skip
         synchronize(device)
         if step >= config.warmup:
             step_seconds.append(time.perf_counter() - start)

@@ -6,6 +6,8 @@ from pathlib import Path
 
 from utils import InputError
 
+DATASET_TYPES = ("ped2", "avenue", "shanghai", "demo")
+
 
 def dataset_dir_for(dataset_type: str, dataset_path: Path) -> Path:
     """``<dataset_path>/<dataset_type>``; the demo scene is generated there on first use."""

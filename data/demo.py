@@ -19,11 +19,14 @@ on the seed, its split, its index and the frame size, never on the number of vid
 
 from __future__ import annotations
 
+import contextlib
+import hashlib
 import json
 import math
 import os
 import shutil
 import tempfile
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -460,18 +463,50 @@ def ensure_demo_dataset(
     if _is_complete(demo_dir, params):
         return demo_dir
     dataset_path.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{DEMO_NAME}-", dir=dataset_path))
-    try:
-        _generate(staging, params)
-        (staging / COMPLETE_MARKER).write_text(json.dumps(params))
-        _install(staging, demo_dir, params)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
+    # One process generates while others starting at the same time (torchrun, two
+    # quickstarts) wait for it, then find the finished copy.
+    with _exclusive(_lock_path(demo_dir)):
+        if _is_complete(demo_dir, params):
+            return demo_dir
+        staging = Path(tempfile.mkdtemp(prefix=f".{DEMO_NAME}-", dir=dataset_path))
+        try:
+            _generate(staging, params)
+            (staging / COMPLETE_MARKER).write_text(json.dumps(params))
+            _install(staging, demo_dir, params)
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)
     return demo_dir
 
 
+def _lock_path(demo_dir: Path) -> Path:
+    """A lock file for ``demo_dir`` in the system's temporary folder (kept out of the
+    dataset folder, which should hold only the dataset)."""
+    key = hashlib.sha256(str(demo_dir.resolve()).encode()).hexdigest()[:16]
+    return Path(tempfile.gettempdir()) / f"lgn-demo-{key}.lock"
+
+
+@contextlib.contextmanager
+def _exclusive(lock_path: Path) -> Iterator[None]:
+    """Hold an exclusive lock on ``lock_path`` (POSIX ``flock``; elsewhere no lock, and
+    :func:`_install` still never replaces a complete copy made with the same parameters)."""
+    try:
+        import fcntl
+    except ImportError:
+        yield
+        return
+    with open(lock_path, "a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
 def _install(staging: Path, demo_dir: Path, params: dict) -> None:
-    """Move the finished ``staging`` folder to ``demo_dir``, replacing an outdated copy."""
+    """Move the finished ``staging`` folder to ``demo_dir``, replacing an outdated copy (never
+    a complete one with the same parameters, which another process may be reading)."""
+    if _is_complete(demo_dir, params):
+        return
     if demo_dir.exists():
         outdated = Path(tempfile.mkdtemp(prefix=f".{DEMO_NAME}-old-", dir=demo_dir.parent))
         try:

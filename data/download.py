@@ -165,6 +165,7 @@ def cached_download(
     sha256: str | None = None,
     cache_dir: Path | None = None,
     progress: bool = True,
+    hint: str = "download it by hand and pass the local file's path instead of the URL",
 ) -> Path:
     """Return a local copy of ``url`` in ``cache_dir`` (default ``default_cache_dir()``),
     named after the URL's last path component; download it only when no copy exists or
@@ -176,4 +177,4 @@ def cached_download(
     dest = cache_dir / name
     if dest.is_file() and (sha256 is None or file_sha256(dest) == sha256.lower()):
         return dest
-    return download_file(url, dest, sha256=sha256, progress=progress)
+    return download_file(url, dest, sha256=sha256, progress=progress, hint=hint)

@@ -4,7 +4,8 @@ A dataset folder holds ``training/`` and ``testing/`` (``train/`` and ``test/`` 
 each with one folder per video, either under ``frames/`` or directly. Frames are ordered by
 file name within a video and videos by folder name; digit runs compare as numbers, so
 ``2.jpg`` comes before ``10.jpg`` and zero-padded names sort as usual. Frames are addressed by
-position, never by the number in their name, so trees that start at ``001`` work.
+position, never by the number in their name, so trees that start at ``001`` work; the names
+must still carry a frame number each, once, in name order (``check_frame_order``).
 
 Every frame is decoded once per run (``FrameCache``), optionally once per machine
 (``cache_dir``), instead of once per window as in the reference loader.
@@ -12,11 +13,18 @@ Every frame is decoded once per run (``FrameCache``), optionally once per machin
 
 from __future__ import annotations
 
+import atexit
+import contextlib
 import hashlib
+import os
 import re
+import sys
+import tempfile
 import warnings
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import IO
 
 import cv2
 import numpy as np
@@ -80,6 +88,41 @@ def _is_image(path: Path) -> bool:
     )
 
 
+_LAST_NUMBER = re.compile(r"(\d+)\D*$")
+
+
+def check_frame_order(folder: Path, frames: list[Path]) -> None:
+    """Frames sorted by name must be numbered, once each, in increasing order: the number is
+    the last digit run of the name without its extension (``001`` in ``img_001.jpg``).
+
+    Raises InputError naming the files when a name carries no number, when two files carry
+    the same one (``100.png`` beside ``100.jpg`` would shift every later frame and label),
+    or when the name order disagrees with the numbers.
+    """
+    previous: tuple[int, Path] | None = None
+    seen: dict[int, Path] = {}
+    for path in frames:
+        match = _LAST_NUMBER.search(path.stem)
+        if match is None:
+            raise InputError(
+                f"frame {path} has no frame number in its name, so the order of the frames in "
+                f"{folder} is unknown; name them by number (000.jpg, 001.jpg, ...)"
+            )
+        number = int(match.group(1))
+        if number in seen:
+            raise InputError(
+                f"{seen[number].name} and {path.name} in {folder} carry the same frame number "
+                f"{number}; keep one of them"
+            )
+        if previous is not None and number < previous[0]:
+            raise InputError(
+                f"in {folder}, {path.name} sorts after {previous[1].name} by name but carries a "
+                "smaller frame number; rename the frames so that name and number order agree"
+            )
+        seen[number] = path
+        previous = (number, path)
+
+
 def list_videos(split_dir: Path) -> list[Video]:
     """Videos under ``split_dir`` (one subfolder each), sorted by name; see module notes."""
     split_dir = Path(split_dir)
@@ -105,16 +148,72 @@ def list_videos(split_dir: Path) -> list[Video]:
                 f"video folder {video_dir} has no image files "
                 f"({', '.join(IMAGE_EXTENSIONS)}); remove it or add its frames"
             )
+        check_frame_order(video_dir, frames)
         videos.append(Video(video_dir.name, tuple(frames)))
     return videos
 
 
-def decode_frame(path: Path, height: int, width: int) -> np.ndarray:
-    """Read one image as BGR (grey becomes 3 channels), bilinear-resized: uint8 ``(H, W, 3)``."""
-    image = cv2.imread(str(path), cv2.IMREAD_COLOR)
+_JPEG_SUFFIXES = (".jpg", ".jpeg")
+_capture_file: IO[bytes] | None = None
+
+
+@contextlib.contextmanager
+def _native_stderr_lines() -> Iterator[list[str]]:
+    """Collect what native code prints to the process's stderr (file descriptor 2) in the
+    block. libjpeg reports a damaged file there as a warning that names no file, and still
+    returns an image; this lets the caller name the file and refuse it."""
+    global _capture_file
+    lines: list[str] = []
+    try:
+        if _capture_file is None:
+            _capture_file = tempfile.TemporaryFile()
+            atexit.register(_capture_file.close)
+        sys.stderr.flush()
+        saved = os.dup(2)
+    except (OSError, ValueError):  # no usable descriptor 2: decode without the check
+        yield lines
+        return
+    _capture_file.seek(0)
+    _capture_file.truncate()
+    os.dup2(_capture_file.fileno(), 2)
+    try:
+        yield lines
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+        _capture_file.seek(0)
+        lines.extend(_capture_file.read().decode(errors="replace").splitlines())
+
+
+def read_image(path: Path) -> np.ndarray:
+    """One image file as BGR uint8 ``(H, W, 3)`` (grey becomes 3 channels), as OpenCV reads it.
+
+    Raises InputError naming the file when it cannot be decoded, or when it is a JPEG that the
+    decoder reports as damaged (corrupt data, premature end): OpenCV would return a partly
+    garbled frame for it with a warning that names no file.
+    """
+    if Path(path).suffix.lower() not in _JPEG_SUFFIXES:
+        image = cv2.imread(str(path), cv2.IMREAD_COLOR)
+    else:
+        with _native_stderr_lines() as messages:
+            image = cv2.imread(str(path), cv2.IMREAD_COLOR)
+        damage = [line for line in messages if "JPEG" in line]
+        others = [line for line in messages if "JPEG" not in line]
+        if others:  # someone else's output: pass it on
+            print("\n".join(others), file=sys.stderr)
+        if damage and image is not None:
+            raise InputError(
+                f"image {path} is damaged ({damage[0].strip()}); replace it with an intact "
+                "copy (e.g. extract the video's frames again)"
+            )
     if image is None:
         raise InputError(f"cannot read image {path}; the file is corrupt or not an image")
-    return cv2.resize(image, (width, height), interpolation=cv2.INTER_LINEAR)
+    return image
+
+
+def decode_frame(path: Path, height: int, width: int) -> np.ndarray:
+    """Read one image as BGR (grey becomes 3 channels), bilinear-resized: uint8 ``(H, W, 3)``."""
+    return cv2.resize(read_image(path), (width, height), interpolation=cv2.INTER_LINEAR)
 
 
 def _video_fingerprint(video: Video) -> str:

@@ -375,15 +375,25 @@ def load_frame_labels(
     videos = list(videos)
     if not videos:
         raise InputError(f"no test videos given to label (dataset {dataset_dir})")
-    if label_path is None:
-        search_dirs = _search_dirs(dataset_dir)
-        label_path = _discover(search_dirs, dataset_type or dataset_dir.name)
-        if label_path is None:
-            where = ", ".join(str(folder) for folder in search_dirs) or str(dataset_dir)
-            raise InputError(
-                f"no frame labels found in {where} (looked for <dataset_type>.mat, a .mat with "
-                f"'gt', frame_labels_*.npy, a UCSD .m, test_frame_mask/, testing_label_mask/); "
-                f"pass the label file or folder with --label_path"
-            )
-    per_video = _load_from(Path(label_path), videos)
+    label_path = locate_labels(dataset_dir, label_path, dataset_type)
+    per_video = _load_from(label_path, videos)
     return {video.name: labels for video, labels in zip(videos, per_video, strict=True)}
+
+
+def locate_labels(
+    dataset_dir: Path, label_path: Path | None = None, dataset_type: str | None = None
+) -> Path:
+    """The label file or folder :func:`load_frame_labels` reads: ``label_path`` when given,
+    else the first hit of the search described there."""
+    if label_path is not None:
+        return Path(label_path)
+    search_dirs = _search_dirs(Path(dataset_dir))
+    found = _discover(search_dirs, dataset_type or Path(dataset_dir).name)
+    if found is None:
+        where = ", ".join(str(folder) for folder in search_dirs) or str(dataset_dir)
+        raise InputError(
+            f"no frame labels found in {where} (looked for <dataset_type>.mat, a .mat with "
+            f"'gt', frame_labels_*.npy, a UCSD .m, test_frame_mask/, testing_label_mask/); "
+            f"pass the label file or folder with --label_path"
+        )
+    return found

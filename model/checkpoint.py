@@ -12,7 +12,7 @@ import pickle
 import types
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 from torch import nn
@@ -162,6 +162,7 @@ def load_memory_items(
     mdim: int,
     source: str | None = None,
     map_location: Any = "cpu",
+    hint: str = "check --msize or the items file",
 ) -> torch.Tensor:
     """Validated memory items ``(msize, mdim)`` in fp32, detached.
 
@@ -170,6 +171,7 @@ def load_memory_items(
         msize, mdim: the expected number of items and their dimension.
         source: name for error messages; defaults to the file path.
         map_location: where to load a file's tensor (``torch.load``'s argument).
+        hint: the fix the message names when the shape does not fit.
 
     Raises:
         InputError: missing/unreadable file, not a tensor, wrong shape (both shapes named)
@@ -188,7 +190,7 @@ def load_memory_items(
     if _shape(items) != (msize, mdim):
         raise InputError(
             f"{source}: memory items have shape {_shape(items)} but the model expects "
-            f"{(msize, mdim)}; check --msize/--mdim or the items file"
+            f"{(msize, mdim)}; {hint}"
         )
     items = items.detach().float()
     if not torch.isfinite(items).all():
@@ -285,3 +287,130 @@ def load_reference_checkpoint(
     items = load_memory_items(raw_items, model.msize, model.mdim, source=str(items_path))
 
     return model.to(map_location).eval(), items.to(map_location)
+
+
+def read_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
+    """A ``checkpoint.pth`` written by ``train.py``, whole (tensors memory-mapped where the
+    format allows), checked to hold the weights and the memory items."""
+    path = Path(path)
+    try:
+        try:
+            checkpoint = torch.load(path, map_location="cpu", weights_only=False, mmap=True)
+        except RuntimeError:  # legacy (non-zip) files cannot be memory-mapped
+            checkpoint = torch.load(path, map_location="cpu", weights_only=False)
+    except Exception as error:  # truncated, empty or not written by torch.save
+        raise InputError(
+            f"cannot read the checkpoint {path} ({type(error).__name__}); is it a "
+            "checkpoint.pth written by train.py?"
+        ) from None
+    for entry in ("model", "items"):
+        if not isinstance(checkpoint, dict) or entry not in checkpoint:
+            raise InputError(
+                f"{path} is not a train.py checkpoint (no {entry!r} entry); for a bare "
+                "state_dict use --model_dir with --m_items_dir"
+            )
+    return checkpoint
+
+
+class LoadedModel(NamedTuple):
+    """A network ready for scoring, with what it was trained on."""
+
+    model: LGNNet  # eval mode, on the requested device
+    items: torch.Tensor  # (msize, mdim) fp32 memory items, same device
+    height: int  # frame size the model scores at, pixels
+    width: int
+    source: str  # the weights file, for reports and messages
+    checkpoint: dict[str, Any]  # train.py's dictionary (a minimal one for reference weights)
+    path: Path | None  # the local checkpoint.pth, None for reference-layout weights
+
+
+def load_for_inference(
+    checkpoint: str | os.PathLike | None = None,
+    model_dir: str | os.PathLike | None = None,
+    m_items_dir: str | os.PathLike | None = None,
+    *,
+    height: int | None = None,
+    width: int | None = None,
+    channels: int | None = None,
+    t_length: int | None = None,
+    msize: int | None = None,
+    device: torch.device | str = "cpu",
+) -> LoadedModel:
+    """Build LGN-Net and its memory for scoring, from ``checkpoint`` (a ``checkpoint.pth`` of
+    ``train.py``: a path, an ``http(s)://``/``file://`` URL or a published name) or from the
+    reference release's pair ``model_dir`` (state_dict) + ``m_items_dir`` (items tensor).
+
+    Sizes left as None come from the checkpoint (reference weights: from the tensors, and
+    256x256 frames, the reference default). A frame size that differs from the one a
+    checkpoint was trained at is refused: the scores would silently mean something else.
+
+    Raises:
+        InputError: one line naming the file or flag and the fix.
+    """
+    from model.pretrained import resolve_checkpoint
+
+    if checkpoint:
+        path: Path | None = resolve_checkpoint(str(checkpoint))
+        saved = read_checkpoint(path)
+        trained = saved.get("args") or {}
+        state_dict, raw_items, source, items_source = (
+            saved["model"], saved["items"], str(path), str(path)
+        )  # fmt: skip
+        for flag, given, name in (("--h", height, "h"), ("--w", width, "w")):
+            if given is not None and name in trained and given != trained[name]:
+                raise InputError(
+                    f"{flag} {given} differs from the {trained['h']}x{trained['w']} frames "
+                    f"{path} was trained at; drop --h/--w (the size is read from the checkpoint)"
+                )
+    elif model_dir and m_items_dir:
+        path, trained = None, {}
+        state_dict = _read_weights_file(model_dir, "--model_dir")
+        raw_items = _read_weights_file(m_items_dir, "--m_items_dir")
+        source, items_source = str(model_dir), str(m_items_dir)
+    else:
+        raise InputError("give --checkpoint, or both --model_dir and --m_items_dir")
+    state_dict = extract_state_dict(state_dict, source)
+    if not isinstance(raw_items, torch.Tensor):
+        raise InputError(
+            f"{items_source}: the memory items are a {type(raw_items).__name__}, not a tensor; "
+            "pass the items file saved beside the weights (keys.pt)"
+        )
+
+    inferred = infer_model_sizes(state_dict)
+    height = height or trained.get("h", 256)
+    width = width or trained.get("w", 256)
+    channels = channels or trained.get("c") or inferred.get("channels", 3)
+    t_length = t_length or trained.get("t_length") or inferred.get("t_length", 5)
+    msize = msize or trained.get("msize") or int(raw_items.shape[0])
+    # The weights fix the item dimension, so items of another one are reported as such.
+    dim = trained.get("mdim") or inferred.get("mdim")
+    dim = dim or (int(raw_items.shape[-1]) if raw_items.dim() == 2 else 512)
+    for flag, value in (("--h", height), ("--w", width)):
+        if value <= 0 or value % 8:
+            raise InputError(f"{flag} {value} must be a positive multiple of 8")
+    model = LGNNet(channels=channels, t_length=t_length, msize=msize, fdim=dim, mdim=dim)
+    load_model_weights(model, state_dict, source=source)
+    items = load_memory_items(raw_items, msize, dim, source=items_source)
+    if path is None:  # what detect.py's calibration stores beside reference weights
+        saved = {
+            "model": {k: v.detach().cpu() for k, v in model.state_dict().items()},
+            "items": items.detach().cpu(),
+            "args": {"h": height, "w": width, "c": channels, "t_length": t_length,
+                     "msize": msize, "fdim": dim, "mdim": dim},
+        }  # fmt: skip
+    model = model.to(device).eval()
+    return LoadedModel(model, items.to(device), height, width, source, saved, path)
+
+
+def _read_weights_file(path: str | os.PathLike, flag: str) -> Any:
+    """``torch.load`` of a weights or items file; a missing or unreadable one names ``flag``."""
+    if not Path(path).is_file():
+        what = "is a folder" if Path(path).is_dir() else "does not exist"
+        raise InputError(f"{flag} {path} {what}; give the file's path")
+    try:
+        return torch.load(path, map_location="cpu", weights_only=False)
+    except Exception as error:  # truncated, empty or not written by torch.save
+        raise InputError(
+            f"cannot read the {flag} file {path} ({type(error).__name__}); it may be damaged "
+            "or not written by torch.save"
+        ) from None

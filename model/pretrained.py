@@ -25,6 +25,10 @@ def resolve_checkpoint(spec: str, cache_dir: Path | None = None) -> Path:
     if "://" in spec:
         return cached_download(spec, None, cache_dir)
     path = Path(spec)
+    if path.is_dir():
+        inside = path / "checkpoint.pth"
+        fix = f"did you mean {inside}?" if inside.is_file() else "give the checkpoint.pth file"
+        raise InputError(f"checkpoint {spec} is a folder; {fix}")
     if not path.is_file():
         known = ", ".join(sorted(PUBLISHED_WEIGHTS)) or "none published yet"
         raise InputError(

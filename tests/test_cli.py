@@ -16,7 +16,9 @@ import torch
 import evaluate
 import train
 from data.demo import ensure_demo_dataset
+from inference.video import evaluate_video
 from model import LGNNet, init_memory_items, update_memory
+from training.loop import StopRequested
 from utils import frame_errors, point_score, psnr_from_mse
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -139,7 +141,7 @@ def test_batched_evaluation_equals_one_window_at_a_time(batch_size: int) -> None
     frames = torch.rand(11, 3, 16, 16) * 2 - 1
     # gamma high enough that every frame updates the memory: order matters then.
     expected_psnr, expected_dist, expected_items = reference_scores(model, frames, items, 10.0)
-    scores = evaluate.evaluate_video(model, frames, items, 10.0, batch_size=batch_size)
+    scores = evaluate_video(model, frames, items, 10.0, batch_size=batch_size)
     assert scores.psnr == pytest.approx(expected_psnr, abs=1e-4)
     assert scores.feature_distance == pytest.approx(expected_dist, rel=1e-4)
     assert torch.allclose(scores.items, expected_items, atol=1e-5)
@@ -181,13 +183,13 @@ def test_sigterm_mid_epoch_saves_and_resumes_exactly(
     straight = run_train(tiny_dataset, tmp_path / "straight", "--epochs", "1")
     checks = {"count": 0}
 
-    def signal_after_two_steps(self: train.StopRequested) -> bool:
+    def signal_after_two_steps(self: StopRequested) -> bool:
         checks["count"] += 1
         if checks["count"] >= 2:
             self.signal_name = "SIGTERM"
         return self.signal_name is not None
 
-    monkeypatch.setattr(train.StopRequested, "__bool__", signal_after_two_steps)
+    monkeypatch.setattr(StopRequested, "__bool__", signal_after_two_steps)
     with pytest.raises(SystemExit) as stopped:
         run_train(tiny_dataset, tmp_path / "stopped", "--epochs", "1")
     assert stopped.value.code == 143

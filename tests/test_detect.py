@@ -12,9 +12,12 @@ import torch
 import torch.nn.functional as F
 
 import detect
+from data import sources as frame_sources
 from data.frames import FrameWindowDataset, decode_frame, frames_to_tensor, list_videos
 from data.labels import write_ano_pred_mat
-from evaluate import evaluate_video
+from inference import calibration as calib
+from inference import detection, events, streaming
+from inference.video import evaluate_video
 from model import LGNNet, init_memory_items
 from model.lgn_net import Encoded, InferOutput
 from model.memory import feature_distance, flatten_query
@@ -108,11 +111,11 @@ class PreviousFramePredictor(torch.nn.Module):
         return InferOutput(encoded.spatiotemporal, queries, feature_distance(queries, items))
 
 
-def stub_scorer(**kwargs) -> detect.StreamingScorer:
+def stub_scorer(**kwargs) -> streaming.StreamingScorer:
     model = PreviousFramePredictor()
-    empty_scene = detect.preprocess(scene(1, seed=99, noise=(0.0,))[0], SIZE, SIZE)[None]
+    empty_scene = frame_sources.preprocess(scene(1, seed=99, noise=(0.0,))[0], SIZE, SIZE)[None]
     items = flatten_query(model.encode(torch.cat([empty_scene] * 2, 1)).features)
-    return detect.StreamingScorer(model, items, SIZE, SIZE, **kwargs)
+    return streaming.StreamingScorer(model, items, SIZE, SIZE, **kwargs)
 
 
 @pytest.fixture(scope="module")
@@ -131,6 +134,9 @@ def tiny_checkpoint(tmp_path_factory) -> Path:
     return path
 
 
+FP32 = ("--precision", "fp32")
+
+
 def cli(*argv: str) -> dict:
     return detect.main(detect.get_args_parser().parse_args([str(a) for a in argv]))
 
@@ -141,7 +147,7 @@ def cli(*argv: str) -> dict:
 def test_calibration_statistics_and_threshold_by_hand():
     psnr = np.array([30.0, 32.0, 34.0, 36.0])
     distance = np.array([0.4, 0.3, 0.2, 0.1])
-    calibration = detect.calibration_from_scores(psnr, distance, lambda_=0.5, false_alarm_rate=0.5)
+    calibration = calib.calibration_from_scores(psnr, distance, lambda_=0.5, false_alarm_rate=0.5)
     std_psnr, std_distance = np.sqrt(5.0), np.sqrt(0.0125)
     assert calibration["psnr_mean"] == pytest.approx(33.0)
     assert calibration["psnr_std"] == pytest.approx(std_psnr)
@@ -149,7 +155,7 @@ def test_calibration_statistics_and_threshold_by_hand():
     assert calibration["distance_std"] == pytest.approx(std_distance)
     # Each frame: 0.5 z(psnr) - 0.5 z(distance) = z(psnr), as distance mirrors psnr here.
     expected = (psnr - 33.0) / std_psnr
-    normality = detect.normality_from_calibration(psnr, distance, calibration)
+    normality = calib.normality_from_calibration(psnr, distance, calibration)
     np.testing.assert_allclose(normality, expected)
     assert calibration["threshold"] == pytest.approx(np.median(expected))
     assert calibration["normality_quantiles"][0] == pytest.approx(expected.min())
@@ -160,17 +166,17 @@ def test_calibration_statistics_and_threshold_by_hand():
 def test_threshold_flags_the_requested_share_of_normal_frames():
     rng = np.random.default_rng(0)
     psnr, distance = rng.normal(30, 2, 20_000), rng.gamma(2.0, 0.01, 20_000)
-    calibration = detect.calibration_from_scores(psnr, distance)
-    normality = detect.normality_from_calibration(psnr, distance, calibration)
+    calibration = calib.calibration_from_scores(psnr, distance)
+    normality = calib.normality_from_calibration(psnr, distance, calibration)
     for rate in (0.005, 0.01, 0.05, 0.2):
-        flagged = (normality < detect.threshold_for_rate(calibration, rate)).mean()
+        flagged = (normality < calib.threshold_for_rate(calibration, rate)).mean()
         assert flagged == pytest.approx(rate, abs=0.0015)
     with pytest.raises(InputError, match="false_alarm_rate"):
-        detect.threshold_for_rate(calibration, 0.0)
+        calib.threshold_for_rate(calibration, 0.0)
 
 
 def test_events_are_runs_of_consecutive_anomalous_frames():
-    tracker = detect.EventTracker()
+    tracker = events.EventTracker()
     decisions = [("a", 3, 0.5, False), ("a", 4, -3.0, True), ("a", 5, -5.0, True)]
     decisions += [("a", 6, -4.0, True), ("a", 7, 0.1, False), ("a", 9, -2.0, True)]
     decisions += [("b", 2, -6.0, True)]
@@ -188,7 +194,7 @@ def test_decision_metrics_by_hand():
     labels = np.array([0, 0, 1, 1, 1, 0])
     anomaly = np.array([0, 1, 1, 1, 0, 0])
     normality = np.array([2.0, -1.0, -3.0, -2.0, 0.5, 1.0])
-    metrics = detect.decision_metrics(normality, anomaly, labels)
+    metrics = events.decision_metrics(normality, anomaly, labels)
     assert metrics["precision"] == pytest.approx(2 / 3)
     assert metrics["recall"] == pytest.approx(2 / 3)
     assert metrics["f1"] == pytest.approx(2 / 3)
@@ -208,11 +214,11 @@ def test_injected_anomaly_is_flagged_there_and_nowhere_else(tmp_path):
     test_video = write_video(tmp_path / "street.avi", scene(40, 2, anomaly=(first, last)))
 
     scorer = stub_scorer(keep_error_maps=True)
-    calibration = detect.calibrate(scorer, detect.open_input(str(calibration_video)))
+    calibration = calib.calibrate(scorer, frame_sources.open_input(str(calibration_video)))
     assert calibration["frames"] == 60 - 2 and calibration["videos"] == 1
-    result = detect.detect(
+    result = detection.detect(
         scorer,
-        detect.open_input(str(test_video)),
+        frame_sources.open_input(str(test_video)),
         calibration,
         false_alarm_rate=0.01,
         csv_path=tmp_path / "out" / "scores.csv",
@@ -248,10 +254,11 @@ def test_injected_anomaly_is_flagged_there_and_nowhere_else(tmp_path):
 
 def test_streaming_scores_equal_evaluate_video_and_cli_round_trip(tmp_path, tiny_checkpoint):
     """The real model through the CLI: calibrate, then detect; the CSV's PSNR and distances
-    equal evaluate.evaluate_video's on the same decoded frames."""
+    equal evaluate_video's on the same decoded frames. Both run in fp32: with --precision auto
+    the CLI would compute in bf16 on CPUs that have it natively, and compare unlike with like."""
     checkpoint = tmp_path / "calibrated.pth"
     normal = write_video(tmp_path / "normal.avi", scene(6, 3, noise=(2, 6), size=16))
-    cli("--calibrate", "--checkpoint", tiny_checkpoint, "--input", normal)
+    cli("--calibrate", "--checkpoint", tiny_checkpoint, "--input", normal, *FP32)
     cli(
         "--calibrate",
         "--checkpoint",
@@ -260,6 +267,7 @@ def test_streaming_scores_equal_evaluate_video_and_cli_round_trip(tmp_path, tiny
         normal,
         "--output_checkpoint",
         checkpoint,
+        *FP32,
     )
     saved = torch.load(checkpoint, weights_only=False)
     original = torch.load(tiny_checkpoint, weights_only=False)  # calibrated in place above
@@ -274,18 +282,20 @@ def test_streaming_scores_equal_evaluate_video_and_cli_round_trip(tmp_path, tiny
     csv_path, events, report = tmp_path / "s.csv", tmp_path / "e.json", tmp_path / "r.json"
     summary = cli(
         "--checkpoint", checkpoint, "--input", clip, "--csv", csv_path, "--events", events,
-        "--report", report, "--false_alarm_rate", "0.3",
+        "--report", report, "--false_alarm_rate", "0.3", *FP32,
     )  # fmt: skip
     rows = [line.split(",") for line in csv_path.read_text().splitlines()[1:]]
 
     model = LGNNet(t_length=3, msize=3, fdim=16, mdim=16)
     model.load_state_dict(saved["model"])
-    decoded = torch.stack([detect.preprocess(frame, TINY, TINY) for frame in read_video(clip)])
+    decoded = torch.stack(
+        [frame_sources.preprocess(frame, TINY, TINY) for frame in read_video(clip)]
+    )
     reference = evaluate_video(model, decoded, saved["items"], gamma=0.009, batch_size=2)
     np.testing.assert_allclose([float(r[2]) for r in rows], reference.psnr, rtol=1e-5)
     np.testing.assert_allclose([float(r[3]) for r in rows], reference.feature_distance, rtol=1e-4)
-    threshold = detect.threshold_for_rate(calibration, 0.3)
-    expected_normality = detect.normality_from_calibration(
+    threshold = calib.threshold_for_rate(calibration, 0.3)
+    expected_normality = calib.normality_from_calibration(
         reference.psnr, reference.feature_distance, calibration
     )
     np.testing.assert_allclose([float(r[4]) for r in rows], expected_normality, atol=1e-4)
@@ -300,9 +310,9 @@ def test_preprocessing_matches_the_training_loader(tmp_path):
     path = tmp_path / "f.png"
     cv2.imwrite(str(path), frame)
     expected = frames_to_tensor(decode_frame(path, 16, 24))
-    assert torch.equal(detect.preprocess(frame, 16, 24), expected)
+    assert torch.equal(frame_sources.preprocess(frame, 16, 24), expected)
     grey = cv2.cvtColor(frame, cv2.COLOR_BGR2GRAY)
-    assert detect.preprocess(grey, 16, 24).shape == (3, 16, 24)
+    assert frame_sources.preprocess(grey, 16, 24).shape == (3, 16, 24)
 
 
 def test_calibrate_training_run_reuses_the_training_frames(tmp_path):
@@ -314,13 +324,13 @@ def test_calibrate_training_run_reuses_the_training_frames(tmp_path):
     path = tmp_path / "checkpoint.pth"
     torch.save({"model": {}, "items": scorer.trained_items, "epoch": 3}, path)
 
-    calibration = detect.calibrate_training_run(path, scorer.model, scorer.trained_items, dataset)
+    calibration = calib.calibrate_training_run(path, scorer.model, scorer.trained_items, dataset)
     saved = torch.load(path, weights_only=False)
     assert saved["calibration"] == calibration and saved["epoch"] == 3
     assert calibration["frames"] == (8 - 2) + (6 - 2) and calibration["videos"] == 2
 
     # The same frames read from the folders give the same statistics.
-    again = detect.calibrate(stub_scorer(), detect.open_input(str(split)))
+    again = calib.calibrate(stub_scorer(), frame_sources.open_input(str(split)))
     assert again["psnr_mean"] == pytest.approx(calibration["psnr_mean"])
     assert again["distance_std"] == pytest.approx(calibration["distance_std"])
 
@@ -330,9 +340,9 @@ def test_max_frames_stops_a_stream_and_videos_restart_from_the_trained_memory(tm
     write_frames(folder / "a", scene(10, 8))
     write_frames(folder / "b", scene(10, 8))  # identical to "a"
     scorer = stub_scorer()
-    calibration = detect.calibration_from_scores([30.0, 31.0, 32.0], [0.001, 0.002, 0.003])
-    result = detect.detect(
-        scorer, detect.open_input(str(folder)), calibration, keep_scores=True, max_frames=16
+    calibration = calib.calibration_from_scores([30.0, 31.0, 32.0], [0.001, 0.002, 0.003])
+    result = detection.detect(
+        scorer, frame_sources.open_input(str(folder)), calibration, keep_scores=True, max_frames=16
     )
     a, b = result.per_video["a"], result.per_video["b"]
     assert a["frame"] == list(range(2, 10)) and b["frame"] == list(range(2, 6))
@@ -351,9 +361,9 @@ def test_dataset_mode_scores_decisions_against_the_frame_labels(tmp_path):
     write_ano_pred_mat(root / "toy.mat", labels)
 
     scorer = stub_scorer()
-    calibration = detect.calibrate(scorer, detect.dataset_sources(root, "training"))
+    calibration = calib.calibrate(scorer, frame_sources.dataset_sources(root, "training"))
     assert calibration["frames"] == 38
-    result, metrics = detect.score_dataset(scorer, calibration, root, false_alarm_rate=0.01)
+    result, metrics = detection.score_dataset(scorer, calibration, root, false_alarm_rate=0.01)
 
     flagged = [
         (name, frame)
@@ -377,31 +387,31 @@ def test_dataset_mode_scores_decisions_against_the_frame_labels(tmp_path):
 
 def test_unreadable_inputs_give_one_line_errors_naming_them(tmp_path):
     with pytest.raises(InputError, match="nowhere.mp4 does not exist"):
-        detect.open_input(str(tmp_path / "nowhere.mp4"))
+        frame_sources.open_input(str(tmp_path / "nowhere.mp4"))
 
     garbage = tmp_path / "broken.avi"
     garbage.write_bytes(b"RIFF" + bytes(np.random.default_rng(0).integers(0, 256, 4000)))
     with pytest.raises(InputError, match="broken.avi"):
-        sources = detect.open_input(str(garbage))
+        sources = frame_sources.open_input(str(garbage))
         list(sources[0].frames())
 
     truncated = write_video(tmp_path / "cut.avi", scene(20, 1))
     truncated.write_bytes(truncated.read_bytes()[: truncated.stat().st_size // 2])
     with pytest.warns(UserWarning, match="cut.avi ended after .* of its 20 announced frames"):
-        frames = list(detect.open_input(str(truncated))[0].frames())
+        frames = list(frame_sources.open_input(str(truncated))[0].frames())
     assert 0 < len(frames) < 20
 
     folder = write_frames(tmp_path / "frames", scene(4, 9))
     (folder / "003.png").write_bytes(b"not a png")
     with pytest.raises(InputError, match="003.png"):
-        list(detect.open_input(str(folder))[0].frames())
+        list(frame_sources.open_input(str(folder))[0].frames())
 
     with pytest.raises(InputError, match="cannot open camera 97"):
-        detect.open_input("97")
+        frame_sources.open_input("97")
 
     (tmp_path / "empty").mkdir()
     with pytest.raises(InputError, match="holds no images"):
-        detect.open_input(str(tmp_path / "empty"))
+        frame_sources.open_input(str(tmp_path / "empty"))
 
 
 def test_checkpoint_without_calibration_says_how_to_calibrate(tmp_path, tiny_checkpoint):
@@ -418,7 +428,7 @@ def test_stream_ending_before_one_window_writes_empty_outputs_and_exits_2(
     tmp_path, tiny_checkpoint, capsys
 ):
     checkpoint = torch.load(tiny_checkpoint, weights_only=False)
-    checkpoint["calibration"] = detect.calibration_from_scores([20.0, 21.0], [0.1, 0.2])
+    checkpoint["calibration"] = calib.calibration_from_scores([20.0, 21.0], [0.1, 0.2])
     calibrated = tmp_path / "calibrated.pth"
     torch.save(checkpoint, calibrated)
     short = write_video(tmp_path / "short.avi", scene(2, 1, size=16))  # t_length is 3
@@ -430,5 +440,5 @@ def test_stream_ending_before_one_window_writes_empty_outputs_and_exits_2(
     assert exit_info.value.code == 2
     stderr = capsys.readouterr().err
     assert "fewer than the 3 needed" in stderr and "no frame of" in stderr
-    assert csv_path.read_text().splitlines() == [",".join(detect.CSV_FIELDS)]
+    assert csv_path.read_text().splitlines() == [",".join(detection.CSV_FIELDS)]
     assert json.loads(events.read_text()) == []

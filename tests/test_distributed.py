@@ -18,12 +18,12 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 import torch.nn.functional as F
 
-import distributed_training
 import evaluate
 import train
 from data.demo import ensure_demo_dataset
 from model import LGNNet, init_memory_items, update_memory
 from model.memory import update_memory_distributed
+from training import distributed
 from utils import InputError
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -52,19 +52,19 @@ def two_process_checks(rank: int, rendezvous: str, out_dir: str) -> None:
         results: dict[str, object] = {
             "distributed": update_memory_distributed(mine, items),
             "local_only": update_memory(mine, items),
-            "any_rank": distributed_training.any_rank(rank == 1),
-            "none_rank": distributed_training.any_rank(False),
+            "any_rank": distributed.any_rank(rank == 1),
+            "none_rank": distributed.any_rank(False),
             # Rank r saw (r + 1) steps with loss values 1, 2, ... summed.
-            "means": distributed_training.mean_over_ranks(
+            "means": distributed.mean_over_ranks(
                 {"loss": float(sum(range(1, rank + 2))), "pixel": 10.0 * (rank + 1)}, rank + 1
             ),
-            "gathered": distributed_training.gather_to_main({"rank": rank}),
-            "shared": distributed_training.share_from_main(lambda: f"made by {rank}"),
+            "gathered": distributed.gather_to_main({"rank": rank}),
+            "shared": distributed.share_from_main(lambda: f"made by {rank}"),
         }
         same = torch.arange(6.0)
-        distributed_training.check_in_sync({"same": same}, "in the test")
+        distributed.check_in_sync({"same": same}, "in the test")
         try:
-            distributed_training.check_in_sync({"drifted": same + rank}, "in the test")
+            distributed.check_in_sync({"drifted": same + rank}, "in the test")
             results["drift_error"] = None
         except RuntimeError as error:
             results["drift_error"] = str(error)
@@ -73,7 +73,7 @@ def two_process_checks(rank: int, rendezvous: str, out_dir: str) -> None:
             raise InputError("the output folder is read-only")
 
         try:
-            distributed_training.share_from_main(refuse)
+            distributed.share_from_main(refuse)
             results["shared_error"] = None
         except InputError as error:
             results["shared_error"] = str(error)
@@ -121,12 +121,12 @@ def test_without_a_process_group_everything_is_single_process() -> None:
     assert not dist.is_initialized()
     queries, items = query_set(1)
     assert torch.equal(update_memory_distributed(queries, items), update_memory(queries, items))
-    assert distributed_training.world_size() == 1 and distributed_training.is_main()
-    assert distributed_training.mean_over_ranks({"loss": 3.0}, 2) == {"loss": 1.5}
+    assert distributed.world_size() == 1 and distributed.is_main()
+    assert distributed.mean_over_ranks({"loss": 3.0}, 2) == {"loss": 1.5}
 
     torch.manual_seed(0)
     net = LGNNet(msize=4, fdim=64, mdim=64, hidden=16)
-    assert distributed_training.wrap_model(net, torch.device("cpu")) is net
+    assert distributed.wrap_model(net, torch.device("cpu")) is net
     frames = torch.rand(2, 12, 16, 24) * 2 - 1
     items = init_memory_items(4, 64, generator=torch.Generator().manual_seed(1))
     outputs = []
@@ -151,7 +151,7 @@ def test_without_a_process_group_everything_is_single_process() -> None:
 def test_rank_batches_are_distributed_sampler_shards(epoch: int) -> None:
     num_windows, batch_size, seed = 23, 3, 5
     shards = [
-        distributed_training.rank_batches(num_windows, batch_size, seed, epoch, rank, WORLD)
+        distributed.rank_batches(num_windows, batch_size, seed, epoch, rank, WORLD)
         for rank in range(WORLD)
     ]
     # DistributedSampler's documented recipe: permute with seed + epoch, drop the tail that
@@ -163,7 +163,7 @@ def test_rank_batches_are_distributed_sampler_shards(epoch: int) -> None:
         assert len(batches) == len(dealt) // batch_size == 3
         assert [i for batch in batches for i in batch] == dealt[: 3 * batch_size]
     assert not set(np.ravel(shards[0])) & set(np.ravel(shards[1]))
-    other_epoch = distributed_training.rank_batches(num_windows, batch_size, seed, epoch + 1, 0, 2)
+    other_epoch = distributed.rank_batches(num_windows, batch_size, seed, epoch + 1, 0, 2)
     assert other_epoch != shards[0]
 
 

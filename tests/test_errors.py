@@ -25,7 +25,11 @@ import torch
 
 import evaluate
 import train
+import training.loop
+import training.run_state
 from data.labels import write_ano_pred_mat
+from inference.benchmark import write_scores_csv
+from model import LGNNet
 from model.checkpoint import load_model_weights
 from utils import InputError, atomic_write, run_cli
 
@@ -72,6 +76,12 @@ def train_args(dataset_root: Path, output_root: Path, *extra: str):
     argv = ["--dataset_type", "ped2", "--dataset_path", str(dataset_root)]
     argv += ["--output_root", str(output_root), *TRAIN_FLAGS, *extra]
     return train.get_args_parser().parse_args(argv)
+
+
+def model_for(args) -> LGNNet:
+    """The network train.py builds for ``args``."""
+    sizes = {"channels": args.c, "t_length": args.t_length, "msize": args.msize}
+    return LGNNet(**sizes, fdim=args.fdim, mdim=args.mdim)
 
 
 def eval_args(dataset_root: Path, *extra: str):
@@ -408,7 +418,7 @@ def test_non_finite_loss_stops_and_keeps_the_last_checkpoint(
     def nan_loss(*args: object, **kwargs: object) -> torch.Tensor:
         return torch.tensor(float("nan"))
 
-    monkeypatch.setattr(train.F, "mse_loss", nan_loss)
+    monkeypatch.setattr(training.loop.F, "mse_loss", nan_loss)
     args = train_args(dataset_root, output_root, "--epochs", "2", "--resume")
     message = input_error(train.main, args)
     assert "loss became nan at epoch 2, step 1" in message and "--lr" in message
@@ -417,7 +427,16 @@ def test_non_finite_loss_stops_and_keeps_the_last_checkpoint(
     assert (after.st_ino, after.st_mtime_ns) == (before.st_ino, before.st_mtime_ns)
     saved = torch.load(run_dir / "checkpoint.pth", weights_only=False)
     assert (saved["epoch"], saved["step"]) == (1, 0)
-    load_model_weights(train.build_model(args), saved["model"])
+    load_model_weights(
+        LGNNet(
+            channels=args.c,
+            t_length=args.t_length,
+            msize=args.msize,
+            fdim=args.fdim,
+            mdim=args.mdim,
+        ),
+        saved["model"],
+    )
     assert not [p.name for p in run_dir.iterdir() if TEMP_FILE.match(p.name)]
 
 
@@ -425,7 +444,9 @@ def test_failed_checkpoint_write_keeps_the_previous_file(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     args = train_args(tmp_path, tmp_path, "--epochs", "1")
-    model = train.build_model(args)
+    model = LGNNet(
+        channels=args.c, t_length=args.t_length, msize=args.msize, fdim=args.fdim, mdim=args.mdim
+    )
     optimizer = torch.optim.Adam(model.parameters())
     scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=1)
     run_dir = tmp_path / "run"
@@ -436,10 +457,10 @@ def test_failed_checkpoint_write_keeps_the_previous_file(
         Path(path).write_bytes(b"half a checkpoint")
         raise OSError(28, "No space left on device")
 
-    monkeypatch.setattr(train.torch, "save", write_half_then_fail)
+    monkeypatch.setattr(training.run_state.torch, "save", write_half_then_fail)
     items = torch.zeros(4, 64)
     with pytest.raises(InputError, match=r"could not write .*checkpoint\.pth .*No space left"):
-        train.save_run_state(run_dir, model, items, optimizer, scheduler, args, 1, 0)
+        training.run_state.save_run_state(run_dir, model, items, optimizer, scheduler, args, 1, 0)
     assert (run_dir / "checkpoint.pth").read_bytes() == b"previous checkpoint"
     assert [p.name for p in run_dir.iterdir()] == ["checkpoint.pth"]
 
@@ -448,11 +469,11 @@ def test_failed_scores_write_keeps_the_previous_file(tmp_path: Path) -> None:
     row = {"video": "01", "frame": 4, "psnr": "30.0", "feature_distance": "0.1"}
     row |= {"normality": "0.5", "label": 0}
     scores = tmp_path / "scores.csv"
-    evaluate.write_scores_csv(scores, [row])
+    write_scores_csv(scores, [row])
     previous = scores.read_text()
     # The second row has a field the CSV does not know: the writer fails after the first.
     with pytest.raises(ValueError):
-        evaluate.write_scores_csv(scores, [row, {**row, "extra": 1}])
+        write_scores_csv(scores, [row, {**row, "extra": 1}])
     assert scores.read_text() == previous
     assert [p.name for p in tmp_path.iterdir()] == ["scores.csv"]
 
@@ -522,3 +543,276 @@ def test_storage_failures_become_one_line_errors_and_bugs_do_not(
         assert str(target) in str(raised.value) and "\n" not in str(raised.value)
     assert target.read_text() == "previous"
     assert [p.name for p in tmp_path.iterdir()] == ["report.json"]
+
+
+# --------------------------------------------------------------------------- round two
+
+
+def test_resume_with_more_epochs_follows_the_longer_schedule(
+    dataset_root: Path, trained_run: Path, tmp_path: Path
+) -> None:
+    """A finished 1-epoch run resumed with --epochs 2 trains its second epoch at the
+    learning rate a 2-epoch run has there (cosine: lr/2), not at the finished run's 0."""
+    output_root = link_run(trained_run, tmp_path)
+    run_dir = output_root / "ped2" / "log"
+    before = torch.load(run_dir / "checkpoint.pth", weights_only=False)
+    assert before["optimizer"]["param_groups"][0]["lr"] == pytest.approx(0.0, abs=1e-12)
+    train.main(train_args(dataset_root, output_root, "--epochs", "2", "--resume"))
+    after = torch.load(run_dir / "checkpoint.pth", weights_only=False)
+    assert after["epoch"] == 2
+    moved = [
+        name
+        for name, tensor in after["model"].items()
+        if tensor.is_floating_point()
+        and "running" not in name
+        and not torch.equal(tensor, before["model"][name])
+    ]
+    assert "decoder.moduleDeconv1.6.weight" in moved  # the weights trained, not only BN buffers
+    log = [json.loads(line) for line in (run_dir / "log.jsonl").read_text().splitlines()]
+    assert [record["epoch"] for record in log] == [1, 2]
+    assert log[0]["lr"] == pytest.approx(2e-4) and log[1]["lr"] == pytest.approx(1e-4)
+    scheduler = after["scheduler"]
+    assert scheduler["T_max"] == 2 and scheduler["last_epoch"] == 2
+
+    message = input_error(
+        train.main, train_args(dataset_root, output_root, "--epochs", "1", "--resume")
+    )
+    assert "already trained 2 epochs" in message and "--epochs" in message
+
+
+def test_a_second_run_into_the_same_folder_needs_resume_or_overwrite(
+    dataset_root: Path, trained_run: Path, tmp_path: Path
+) -> None:
+    output_root = link_run(trained_run, tmp_path)
+    run_dir = output_root / "ped2" / "log"
+    before = {
+        name: (run_dir / name).stat().st_mtime_ns for name in ("checkpoint.pth", "config.json")
+    }
+    message = input_error(train.main, train_args(dataset_root, output_root, "--epochs", "1"))
+    assert str(run_dir) in message and "--resume" in message and "--overwrite" in message
+    assert {n: (run_dir / n).stat().st_mtime_ns for n in before} == before
+
+    train.main(train_args(dataset_root, output_root, "--epochs", "1", "--overwrite", "--seed", "3"))
+    log = [json.loads(line) for line in (run_dir / "log.jsonl").read_text().splitlines()]
+    assert [record["epoch"] for record in log] == [1]  # the replaced run's line is gone
+    assert json.loads((run_dir / "config.json").read_text())["seed"] == 3
+
+
+@pytest.mark.parametrize(
+    ("flag", "value", "expected"),
+    [
+        ("--lr", "-0.1", "--lr -0.1 must be greater than 0"),
+        ("--lr", "nan", "--lr nan must be a finite number"),
+        ("--num_workers", "-1", "--num_workers must be 0 or positive"),
+        ("--loss_compact", "inf", "--loss_compact inf must be a finite number"),
+        ("--msize", "1", "--msize must be at least 2"),
+    ],
+)
+def test_bad_training_flags_leave_no_run_folder(
+    dataset_root: Path, tmp_path: Path, flag: str, value: str, expected: str
+) -> None:
+    args = train_args(dataset_root, tmp_path / "exp", "--epochs", "1")
+    setattr(args, flag.lstrip("-"), type(getattr(args, flag.lstrip("-")))(value))
+    assert expected in input_error(train.main, args)
+    assert not (tmp_path / "exp").exists()
+
+
+def test_a_run_that_fails_before_its_first_checkpoint_leaves_nothing(
+    dataset_root: Path, tmp_path: Path
+) -> None:
+    root = copy_dataset(dataset_root, tmp_path)
+    shutil.rmtree(root / "ped2" / "training")
+    input_error(train.main, train_args(root, tmp_path / "exp", "--epochs", "1"))
+    assert not (tmp_path / "exp").exists()
+
+
+@pytest.mark.parametrize(
+    ("names", "expected"),
+    [
+        (["000.png", "001.png", "001.jpg", "002.png"], "carry the same frame number 1"),
+        (["frame_aa.png", "frame_ab.png", "frame_ac.png"], "has no frame number"),
+        (["b_1.png", "a_2.png", "a_3.png"], "sorts after"),
+    ],
+)
+def test_ambiguous_frame_names_are_refused(tmp_path: Path, names: list[str], expected: str) -> None:
+    from data.frames import list_videos
+    from data.sources import open_input
+
+    video = tmp_path / "training" / "01"
+    video.mkdir(parents=True)
+    for name in names:
+        cv2.imwrite(str(video / name), np.zeros((8, 8, 3), np.uint8))
+    for read in (lambda: list_videos(tmp_path / "training"), lambda: open_input(str(video))):
+        with pytest.raises(InputError, match=expected) as raised:
+            read()
+        assert str(video) in str(raised.value)
+
+
+def test_damaged_jpeg_is_named_not_decoded_half_garbled(tmp_path: Path) -> None:
+    """OpenCV decodes a damaged JPEG into a partly garbled frame, with a libjpeg warning
+    that names no file; the loader refuses it, naming the file."""
+    from data.frames import decode_frame
+
+    rng = np.random.default_rng(0)
+    image = cv2.GaussianBlur(rng.integers(0, 256, (120, 160, 3)).astype(np.uint8), (5, 5), 0)
+    path = tmp_path / "001.jpg"
+    cv2.imwrite(str(path), image)
+    intact = path.read_bytes()
+    assert decode_frame(path, 16, 16).shape == (16, 16, 3)
+    damaged = bytearray(intact)
+    middle = len(damaged) // 2
+    damaged[middle : middle + 40] = bytes(rng.integers(0, 256, 40).tolist())
+    for data in (bytes(damaged), intact[: len(intact) * 2 // 3]):  # corrupt, truncated
+        path.write_bytes(data)
+        with pytest.raises(InputError, match=r"001\.jpg is damaged \(.*JPEG"):
+            decode_frame(path, 16, 16)
+
+
+def test_evaluate_refuses_another_frame_size_and_says_what_it_scores(
+    dataset_root: Path, checkpoint: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    message = input_error(
+        evaluate.main, eval_args(dataset_root, "--checkpoint", str(checkpoint), "--h", "32")
+    )
+    assert "--h 32 differs from the 16x24 frames" in message
+    evaluate.main(eval_args(dataset_root, "--checkpoint", str(checkpoint)))
+    err = capsys.readouterr().err
+    assert "at 16x24 with" in err and "ped2.mat" in err
+
+
+def test_evaluate_names_a_mid_epoch_checkpoint(
+    dataset_root: Path, checkpoint: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    saved = torch.load(checkpoint, weights_only=False)
+    path = tmp_path / "checkpoint.pth"
+    torch.save({**saved, "epoch": 3, "step": 7}, path)
+    evaluate.main(eval_args(dataset_root, "--checkpoint", str(path)))
+    assert "trained 3 epochs and 7 steps of epoch 4 (saved mid-epoch" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    ("flags", "expected"),
+    [
+        (["--gamma", "nan"], "--gamma nan must be a finite number"),
+        (["--gamma", "inf"], "--gamma inf must be a finite number"),
+        (["--smooth", "-1"], "--smooth -1.0 must be at least 0"),
+    ],
+)
+def test_non_finite_or_negative_scoring_flags(
+    dataset_root: Path, checkpoint: Path, flags: list[str], expected: str
+) -> None:
+    args = eval_args(dataset_root, "--checkpoint", str(checkpoint), *flags)
+    assert expected in input_error(evaluate.main, args)
+
+
+def test_one_path_for_two_outputs_is_refused(
+    dataset_root: Path, checkpoint: Path, tmp_path: Path
+) -> None:
+    target = str(tmp_path / "x")
+    args = eval_args(dataset_root, "--checkpoint", str(checkpoint))
+    args.report = args.scores = target
+    assert "--report and --scores both name" in input_error(evaluate.main, args)
+    assert not (tmp_path / "x").exists()
+
+
+def test_evaluate_outputs_are_checked_without_creating_folders(
+    dataset_root: Path, tmp_path: Path
+) -> None:
+    missing = ["--checkpoint", str(tmp_path / "missing.pth")]
+    plots = tmp_path / "new" / "plots"
+    input_error(evaluate.main, eval_args(dataset_root, *missing, "--plot_dir", str(plots)))
+    assert not (tmp_path / "new").exists()
+
+
+def test_detect_flags_checked_before_any_work(tmp_path: Path, checkpoint: Path) -> None:
+    import detect
+
+    def detect_error(*argv: str) -> str:
+        args = detect.get_args_parser().parse_args([str(a) for a in argv])
+        return input_error(detect.main, args)
+
+    blocker = tmp_path / "file"
+    blocker.write_text("")
+    unused = ["--checkpoint", str(tmp_path / "not_loaded.pth"), "--input", str(tmp_path)]
+    for flag in ("--csv", "--events", "--report"):
+        message = detect_error(*unused, flag, blocker / "out.txt")
+        assert flag in message and str(blocker) in message
+    assert "--video_out" in detect_error(*unused, "--video_out", blocker / "a.mp4")
+    message = detect_error(*unused, "--csv", tmp_path)
+    assert f"--csv {tmp_path} is a folder" in message
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]
+    message = detect_error(*unused, "--calibrate", "--output_checkpoint", blocker / "c.pth")
+    assert "--output_checkpoint" in message
+    assert "add --calibrate" in detect_error(*unused, "--output_checkpoint", tmp_path / "c.pth")
+    assert "--lambda is fixed" in detect_error(*unused, "--lambda", "0.3")
+    assert "--gamma nan must be a finite" in detect_error(*unused, "--gamma", "nan")
+
+
+def test_detect_outputs_get_the_usual_permissions(tmp_path: Path) -> None:
+    from utils import PendingFile
+
+    umask = os.umask(0o022)
+    try:
+        pending = PendingFile(tmp_path / "scores.csv")
+        pending.tmp.write_text("video,frame\n")
+        pending.commit()
+        atomic_write(tmp_path / "report.json", lambda p: p.write_text("{}"))
+    finally:
+        os.umask(umask)
+    assert (tmp_path / "scores.csv").stat().st_mode & 0o777 == 0o644
+    assert (tmp_path / "report.json").stat().st_mode & 0o777 == 0o644
+
+
+def test_wrong_advice_is_gone(dataset_root: Path, checkpoint: Path, trained_run: Path) -> None:
+    # A folder as --checkpoint: say so, and point at the file inside.
+    message = input_error(evaluate.main, eval_args(dataset_root, "--checkpoint", str(trained_run)))
+    assert "is a folder" in message and "checkpoint.pth" in message
+    # evaluate.py has --msize, not --mdim: the items error names only what exists.
+    saved = torch.load(checkpoint, weights_only=False)
+    bad = checkpoint.parent / "bad_items.pth"
+    torch.save({**saved, "items": torch.zeros(3, 64)}, bad)
+    message = input_error(evaluate.main, eval_args(dataset_root, "--checkpoint", str(bad)))
+    assert "(3, 64)" in message and "--mdim" not in message
+
+
+def test_help_names_the_script_and_shows_defaults(capsys: pytest.CaptureFixture[str]) -> None:
+    import detect
+
+    for script, module in (("train.py", train), ("evaluate.py", evaluate), ("detect.py", detect)):
+        parser = module.get_args_parser()
+        assert parser.format_usage().startswith(f"usage: {script} ")
+        text = parser.format_help()
+        for action in parser._actions:
+            assert action.help, f"{script} {action.option_strings} has no help text"
+        assert "(default: " in text
+    assert "(default: 0.0002)" in train.get_args_parser().format_help()
+
+
+def test_ctrl_c_ends_evaluate_with_one_line_and_130(
+    dataset_root: Path, checkpoint: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:  # fmt: skip
+    def interrupted(*args: object, **kwargs: object) -> None:
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(evaluate, "score_test_videos", interrupted)
+    plots = tmp_path / "plots"
+    args = eval_args(dataset_root, "--checkpoint", str(checkpoint), "--plot_dir", str(plots))
+    with pytest.raises(SystemExit) as exited:
+        run_cli(evaluate.main, args)
+    assert exited.value.code == 130
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-1].startswith("interrupted") and "Traceback" not in "\n".join(err)
+    assert not plots.exists()
+
+
+def test_storage_errors_from_a_file_size_limit(tmp_path: Path) -> None:
+    target = tmp_path / "checkpoint.pth"
+    for failure in (OSError(27, "File too large"), RuntimeError("unexpected pos 832 vs 726")):
+
+        def fail(path: Path, failure: Exception = failure) -> None:
+            raise failure
+
+        with pytest.raises(InputError, match="free disk space"):
+            atomic_write(target, fail)
+    assert not list(tmp_path.iterdir())

@@ -73,13 +73,13 @@ def test_missing_dataset_or_split_names_the_path(tmp_path):
 
 def test_list_videos_sorts_filters_and_accepts_mixed_extensions(tmp_path):
     _make_video(tmp_path / "02", 3, first=1)  # frames 001..003
-    _write_image(tmp_path / "01" / "b.JPG", 1)
-    _write_image(tmp_path / "01" / "a.png", 2)
-    _write_image(tmp_path / "01" / "c.bmp", 3)
-    _write_image(tmp_path / "01" / "d.TIFF", 4)
+    _write_image(tmp_path / "01" / "f_2.JPG", 1)
+    _write_image(tmp_path / "01" / "f_1.png", 2)
+    _write_image(tmp_path / "01" / "f_3.bmp", 3)
+    _write_image(tmp_path / "01" / "f_4.TIFF", 4)
     (tmp_path / "01" / "notes.txt").write_text("not a frame")
     (tmp_path / "01" / "Thumbs.db").write_bytes(b"\0")
-    (tmp_path / "01" / "._a.png").write_bytes(b"resource fork")
+    (tmp_path / "01" / "._f_1.png").write_bytes(b"resource fork")
     (tmp_path / "readme.md").write_text("not a video")
     # digit runs compare as numbers: 9 before 10
     for name in ("10.png", "9.png"):
@@ -87,7 +87,7 @@ def test_list_videos_sorts_filters_and_accepts_mixed_extensions(tmp_path):
 
     videos = list_videos(tmp_path)
     assert [video.name for video in videos] == ["01", "02", "03"]
-    assert [p.name for p in videos[0].frame_paths] == ["a.png", "b.JPG", "c.bmp", "d.TIFF"]
+    assert [p.name for p in videos[0].frame_paths] == ["f_1.png", "f_2.JPG", "f_3.bmp", "f_4.TIFF"]
     assert [p.name for p in videos[1].frame_paths] == ["001.png", "002.png", "003.png"]
     assert [p.name for p in videos[2].frame_paths] == ["9.png", "10.png"]
     assert len(videos[0]) == 4

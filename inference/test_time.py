@@ -1,6 +1,7 @@
 """One step of the test-time protocol: score a predicted frame, then let normal-looking
-frames update the memory. Shared by ``evaluate.py`` (benchmark) and ``detect.py`` (streams)
-so both produce the same numbers."""
+frames update the memory. Every scorer (the benchmark's :func:`inference.video.evaluate_video`,
+the streaming :class:`inference.streaming.StreamingScorer`) goes through it, so all produce
+the same numbers."""
 
 from __future__ import annotations
 
@@ -11,6 +12,10 @@ import torch
 from model.lgn_net import Encoded, LGNNet
 from model.memory import update_memory
 from utils import autocast, frame_errors, point_score, psnr_from_mse
+
+# The reference's Evaluate.py defaults: the memory-update gate and the fusion weight of PSNR.
+DEFAULT_GAMMA = 0.009
+DEFAULT_LAMBDA = 0.6
 
 
 class FrameStep(NamedTuple):

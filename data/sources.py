@@ -1,0 +1,202 @@
+"""Where frames come from when scoring footage: video files, network streams, cameras,
+folders of images and arrays already in memory, each as a :class:`FrameSource` that yields
+BGR uint8 frames one at a time (so a long stream never has to fit in memory)."""
+
+from __future__ import annotations
+
+import sys
+import warnings
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import cv2
+import numpy as np
+import torch
+
+from data.frames import (
+    IMAGE_EXTENSIONS,
+    check_frame_order,
+    find_split_dir,
+    frames_to_tensor,
+    list_videos,
+    natural_sort_key,
+    read_image,
+)
+from utils import InputError
+
+VIDEO_EXTENSIONS = (".avi", ".mp4", ".mov", ".mkv", ".m4v", ".mpg", ".mpeg", ".wmv", ".webm")
+
+
+def to_bgr(image: np.ndarray) -> np.ndarray:
+    """Any decoded frame (grey ``(H, W)``/``(H, W, 1)``, BGR, BGRA) as uint8 BGR ``(H, W, 3)``."""
+    if image.dtype != np.uint8:
+        image = cv2.convertScaleAbs(image)
+    if image.ndim == 2 or image.shape[2] == 1:
+        return cv2.cvtColor(image, cv2.COLOR_GRAY2BGR)
+    if image.shape[2] == 4:
+        return cv2.cvtColor(image, cv2.COLOR_BGRA2BGR)
+    return image
+
+
+def preprocess(image: np.ndarray, height: int, width: int) -> torch.Tensor:
+    """A BGR frame of any size as the model sees it: ``(3, height, width)`` in [-1, 1]
+    (bilinear resize, then x / 127.5 - 1: ``data.frames.decode_frame`` + ``frames_to_tensor``)."""
+    resized = cv2.resize(to_bgr(image), (width, height), interpolation=cv2.INTER_LINEAR)
+    return frames_to_tensor(resized)
+
+
+@dataclass
+class FrameSource:
+    """One video to score: a name for the outputs and an iterator of BGR uint8 frames."""
+
+    name: str
+    description: str  # for messages, e.g. "video file clip.avi"
+    frame_count: int | None = None  # when known up front
+    fps: float | None = None
+    kind: str = "video"  # "file", "stream", "camera", "images" or "array"
+    _open: Callable[[], Iterator[np.ndarray]] | None = field(default=None, repr=False)
+
+    def frames(self) -> Iterator[np.ndarray]:
+        assert self._open is not None
+        return self._open()
+
+
+_UNREADABLE_FILE_FIX = (
+    "the file is corrupt or in a format this OpenCV build cannot read; convert it "
+    "(e.g. ffmpeg -i in.xyz out.mp4) or extract its frames into a folder"
+)
+
+
+def capture_source(target: str | int) -> FrameSource:
+    """A source read with ``cv2.VideoCapture``: a video file path, a stream URL or a camera
+    index. The capture is opened here, so an unreadable input fails before any scoring."""
+    if isinstance(target, int):
+        kind, description, name = "camera", f"camera {target}", f"camera{target}"
+    elif "://" in target:
+        kind, description, name = "stream", f"stream {target}", target.rstrip("/").split("/")[-1]
+    else:
+        kind, description, name = "file", f"video file {target}", Path(target).stem
+    capture = cv2.VideoCapture(target)
+    if not capture.isOpened():
+        capture.release()
+        fixes = {
+            "camera": "check the camera index and that no other program holds the camera",
+            "stream": "check the URL and that the stream is live",
+            "file": _UNREADABLE_FILE_FIX,
+        }
+        raise InputError(f"cannot open {description}: {fixes[kind]}")
+    announced = int(capture.get(cv2.CAP_PROP_FRAME_COUNT)) if kind == "file" else 0
+    fps = float(capture.get(cv2.CAP_PROP_FPS) or 0.0)
+    if kind == "file":
+        # Reopened when read, so a folder of many videos does not hold a decoder per file;
+        # a camera or stream is kept open (reconnecting can be slow or lose frames).
+        capture.release()
+
+    def read() -> Iterator[np.ndarray]:
+        reader = cv2.VideoCapture(target) if kind == "file" else capture
+        count = 0
+        try:
+            while True:
+                ok, image = reader.read()
+                if not ok or image is None:
+                    break
+                count += 1
+                yield to_bgr(image)
+        finally:
+            reader.release()
+        if count == 0:
+            fix = _UNREADABLE_FILE_FIX if kind == "file" else "check that it delivers frames"
+            raise InputError(f"no frame could be decoded from {description}; {fix}")
+        if kind == "file" and announced > count:
+            warnings.warn(
+                f"{description} ended after {count} of its {announced} announced frames; "
+                "the file may be truncated",
+                stacklevel=2,
+            )
+        elif kind != "file":
+            print(f"{description} ended after {count} frames", file=sys.stderr)
+
+    return FrameSource(
+        name or "stream",
+        description,
+        announced if announced > 0 else None,
+        fps if 0 < fps < 1000 else None,
+        kind,
+        read,
+    )
+
+
+def image_folder_source(name: str, paths: Sequence[Path]) -> FrameSource:
+    """A video stored as image files, in the given order."""
+
+    def read() -> Iterator[np.ndarray]:
+        for path in paths:
+            yield read_image(path)
+
+    folder = paths[0].parent if paths else Path(name)
+    return FrameSource(name, f"frame folder {folder}", len(paths), None, "images", read)
+
+
+def array_source(name: str, frames: np.ndarray) -> FrameSource:
+    """Frames already in memory, uint8 ``(T, H, W, 3)`` BGR (e.g. a training set's)."""
+    return FrameSource(
+        name, f"video {name}", len(frames), None, "array", lambda: iter(np.asarray(frames))
+    )
+
+
+def _image_files(folder: Path) -> list[Path]:
+    # Dot-files (e.g. macOS "._001.jpg") carry image extensions but hold no image.
+    return sorted(
+        (
+            entry
+            for entry in folder.iterdir()
+            if entry.is_file()
+            and entry.suffix.lower() in IMAGE_EXTENSIONS
+            and not entry.name.startswith(".")
+        ),
+        key=lambda entry: natural_sort_key(entry.name),
+    )
+
+
+def open_input(spec: str) -> list[FrameSource]:
+    """The videos named by ``--input``, in order (see the module notes for the forms)."""
+    spec = str(spec).strip()
+    path = Path(spec)
+    if spec.isdigit() and not path.exists():
+        return [capture_source(int(spec))]
+    if "://" in spec:
+        return [capture_source(spec)]
+    if path.is_file():
+        if path.suffix.lower() in IMAGE_EXTENSIONS:
+            raise InputError(
+                f"--input {path} is a single image; give the folder holding the video's frames"
+            )
+        return [capture_source(str(path))]
+    if not path.is_dir():
+        raise InputError(
+            f"--input {spec} does not exist; give a video file, a folder of frames, a folder "
+            "of videos, a stream URL or a camera index"
+        )
+    images = _image_files(path)
+    if images:
+        check_frame_order(path, images)
+        return [image_folder_source(path.name, images)]
+    video_files = sorted(
+        (e for e in path.iterdir() if e.is_file() and e.suffix.lower() in VIDEO_EXTENSIONS),
+        key=lambda entry: natural_sort_key(entry.name),
+    )
+    if video_files:
+        return [capture_source(str(video_file)) for video_file in video_files]
+    if any(entry.is_dir() and not entry.name.startswith(".") for entry in path.iterdir()):
+        return [image_folder_source(v.name, v.frame_paths) for v in list_videos(path)]
+    raise InputError(
+        f"--input folder {path} holds no images ({', '.join(IMAGE_EXTENSIONS)}), videos "
+        f"({', '.join(VIDEO_EXTENSIONS)}) or frame folders"
+    )
+
+
+def dataset_sources(dataset_dir: Path, split: str) -> list[FrameSource]:
+    """Every video of one split of a benchmark frame tree, as image-folder sources."""
+    videos = list_videos(find_split_dir(Path(dataset_dir), split))
+    return [image_folder_source(video.name, video.frame_paths) for video in videos]

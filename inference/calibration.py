@@ -1,0 +1,227 @@
+"""Calibrated anomaly scores for footage: thresholds that mean the same in every video.
+
+The benchmark protocol min-max normalises PSNR and feature distance within each video after
+seeing all of it: fine for an AUC, but the numbers mean something different in every video,
+need the whole video first, and give no threshold (in a video without any anomaly the most
+normal-looking frame still gets the lowest score, 0). Here the two measures are instead
+standardised with statistics of normal footage, fixed once at calibration::
+
+    z_psnr = (PSNR - mean_psnr) / std_psnr,   z_dist = (dist - mean_dist) / std_dist
+    normality s = lambda * z_psnr - (1 - lambda) * z_dist        (lambda 0.6 by default)
+
+(the benchmark's fusion ``lambda * minmax(PSNR) + (1 - lambda) * (1 - minmax(dist))`` with the
+per-video min-max replaced by a fixed, normal-data standardisation; both are monotone in the
+same direction, so s ranks frames within one video nearly as the benchmark score does.)
+A frame is anomalous when s falls below a threshold chosen as a false-alarm rate on normal
+data: the ``false_alarm_rate`` quantile (default 1 %) of s over the calibration frames, so about
+that share of normal frames like the calibration footage is flagged. A calibration record holds
+the means and standard deviations, lambda, gamma, the memory-update setting and a table of 1001
+quantiles of s, so the threshold for another rate is read from the table without recalibrating.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from data.sources import FrameSource, array_source
+from inference.streaming import StreamingScorer, iter_scores
+from inference.test_time import DEFAULT_GAMMA, DEFAULT_LAMBDA
+from model import LGNNet
+from utils import InputError, atomic_write
+
+CALIBRATION_VERSION = 1
+QUANTILE_LEVELS = np.linspace(0.0, 1.0, 1001)
+
+
+def _robust_std(values: np.ndarray) -> float:
+    # A floor keeps z-scores finite on degenerate footage (e.g. a constant distance).
+    return float(max(values.std(), 1e-6 * abs(values.mean()), 1e-12))
+
+
+def calibration_from_scores(
+    psnr: np.ndarray,
+    distance: np.ndarray,
+    lambda_: float = DEFAULT_LAMBDA,
+    false_alarm_rate: float = 0.01,
+    **metadata: Any,
+) -> dict[str, Any]:
+    """The calibration record for per-frame PSNRs (dB) and feature distances of normal
+    frames: their means and standard deviations, lambda, a 1001-entry quantile table of the
+    normality s and the threshold at ``false_alarm_rate``. Plain floats and lists only."""
+    psnr, distance = np.asarray(psnr, np.float64), np.asarray(distance, np.float64)
+    if psnr.size < 2 or psnr.shape != distance.shape:
+        raise InputError(
+            f"calibration needs the scores of at least 2 normal frames, got {psnr.size}; "
+            "give longer normal videos (each needs more than t_length frames)"
+        )
+    calibration: dict[str, Any] = {
+        "version": CALIBRATION_VERSION,
+        "psnr_mean": float(psnr.mean()),
+        "psnr_std": _robust_std(psnr),
+        "distance_mean": float(distance.mean()),
+        "distance_std": _robust_std(distance),
+        "lambda": float(lambda_),
+        "frames": int(psnr.size),
+    }
+    scores = normality_from_calibration(psnr, distance, calibration)
+    calibration["normality_quantiles"] = [float(q) for q in np.quantile(scores, QUANTILE_LEVELS)]
+    calibration["false_alarm_rate"] = float(false_alarm_rate)
+    calibration["threshold"] = threshold_for_rate(calibration, false_alarm_rate)
+    calibration.update(metadata)
+    return calibration
+
+
+def normality_from_calibration(
+    psnr: np.ndarray | float, distance: np.ndarray | float, calibration: dict[str, Any]
+) -> np.ndarray:
+    """``s = λ·z(PSNR) − (1−λ)·z(distance)`` with the calibration's normal-data statistics;
+    higher = more normal, 0 ≈ an average normal frame, units of standard deviations."""
+    lam = calibration["lambda"]
+    z_psnr = (np.asarray(psnr, np.float64) - calibration["psnr_mean"]) / calibration["psnr_std"]
+    z_distance = (np.asarray(distance, np.float64) - calibration["distance_mean"]) / calibration[
+        "distance_std"
+    ]
+    return lam * z_psnr - (1 - lam) * z_distance
+
+
+def threshold_for_rate(calibration: dict[str, Any], false_alarm_rate: float) -> float:
+    """The normality below which a frame is anomalous, so that ``false_alarm_rate`` of the
+    calibration frames fall below it (linear interpolation in the quantile table)."""
+    if not 0.0 < false_alarm_rate < 1.0:
+        raise InputError(f"--false_alarm_rate {false_alarm_rate} must lie strictly between 0 and 1")
+    table = np.asarray(calibration["normality_quantiles"], np.float64)
+    levels = np.linspace(0.0, 1.0, len(table))
+    return float(np.interp(false_alarm_rate, levels, table))
+
+
+def collect_scores(
+    scorer: StreamingScorer,
+    sources: Iterable[FrameSource],
+    max_frames: int | None = None,
+    desc: str = "calibrating",
+) -> tuple[np.ndarray, np.ndarray, int, bool]:
+    """PSNRs and feature distances of every scorable frame of ``sources``, the number of
+    videos, and whether Ctrl-C ended the collection early (what was gathered is kept)."""
+    psnrs: list[float] = []
+    distances: list[float] = []
+    names: set[str] = set()
+    interrupted = False
+    bar = tqdm(desc=desc, unit="frame", dynamic_ncols=True)
+    try:
+        for source, _, score in iter_scores(scorer, sources, bar, max_frames):
+            if score is not None:
+                psnrs.append(score.psnr)
+                distances.append(score.feature_distance)
+                names.add(source.name)
+    except KeyboardInterrupt:
+        interrupted = True
+        print(f"\ninterrupted: using the {len(psnrs)} frames scored so far", file=sys.stderr)
+    finally:
+        bar.close()
+    return np.array(psnrs), np.array(distances), len(names), interrupted
+
+
+def calibrate(
+    scorer: StreamingScorer,
+    sources: Iterable[FrameSource],
+    lambda_: float = DEFAULT_LAMBDA,
+    false_alarm_rate: float = 0.01,
+    max_frames: int | None = None,
+    source_name: str = "",
+) -> dict[str, Any]:
+    """Run ``scorer`` over normal videos and return their calibration record (see
+    :func:`calibration_from_scores`), including the scorer's settings."""
+    if not 0.0 <= lambda_ <= 1.0:
+        raise InputError(f"--lambda {lambda_} must lie in [0, 1]")
+    psnr, distance, videos, interrupted = collect_scores(scorer, sources, max_frames)
+    if len(psnr) and len(psnr) * false_alarm_rate < 10:
+        print(
+            f"note: {len(psnr)} calibration frames estimate a false-alarm rate of "
+            f"{false_alarm_rate} from about {len(psnr) * false_alarm_rate:.1f} frames; more "
+            "normal footage gives a steadier threshold",
+            file=sys.stderr,
+        )
+    return calibration_from_scores(
+        psnr,
+        distance,
+        lambda_,
+        false_alarm_rate,
+        videos=videos,
+        gamma=scorer.gamma,
+        memory_update=scorer.memory_update,
+        h=scorer.height,
+        w=scorer.width,
+        t_length=scorer.model.t_length,
+        precision=str(scorer.dtype or "fp32").replace("torch.", ""),
+        source=source_name,
+        **({"interrupted": True} if interrupted else {}),
+    )
+
+
+def save_calibration(
+    checkpoint: dict[str, Any], calibration: dict[str, Any], path: str | os.PathLike
+) -> None:
+    """Write ``checkpoint`` with ``calibration`` added to ``path`` atomically."""
+    checkpoint = dict(checkpoint)
+    checkpoint["calibration"] = calibration
+    atomic_write(Path(path), lambda tmp: torch.save(checkpoint, tmp))
+
+
+def calibrate_training_run(
+    checkpoint_path: str | os.PathLike,
+    model: LGNNet,
+    items: torch.Tensor,
+    dataset: Any,
+    dtype: torch.dtype | None = None,
+    gamma: float = DEFAULT_GAMMA,
+    lambda_: float = DEFAULT_LAMBDA,
+    false_alarm_rate: float = 0.01,
+) -> dict[str, Any]:
+    """Calibrate a freshly trained model on its training videos (``train.py --calibrate``).
+
+    Args:
+        checkpoint_path: the run's ``checkpoint.pth``; rewritten atomically with the
+            calibration added.
+        dataset: a ``data.frames.FrameWindowDataset`` (its decoded frames are reused).
+    """
+    scorer = StreamingScorer(model, items, dataset.height, dataset.width, gamma, True, dtype)
+    sources = [
+        array_source(video.name, dataset.video_frames(index))
+        for index, video in enumerate(dataset.videos)
+    ]
+    calibration = calibrate(
+        scorer, sources, lambda_, false_alarm_rate, source_name="training videos"
+    )
+    checkpoint = torch.load(checkpoint_path, map_location="cpu", weights_only=False)
+    save_calibration(checkpoint, calibration, checkpoint_path)
+    print(
+        f"calibrated on {calibration['frames']} training frames: threshold "
+        f"{calibration['threshold']:.3f} at a {false_alarm_rate:.2%} false-alarm rate",
+        file=sys.stderr,
+    )
+    return calibration
+
+
+def checked_calibration(checkpoint: dict[str, Any], source: str) -> dict[str, Any]:
+    """The calibration stored in ``checkpoint``; an error naming ``source`` and the fix when
+    there is none or it was written by another version."""
+    calibration = checkpoint.get("calibration")
+    if not isinstance(calibration, dict):
+        raise InputError(
+            f"{source} holds no calibration; run `python detect.py --calibrate --checkpoint "
+            f"{source} --input <normal videos>` or train with `train.py --calibrate`"
+        )
+    if calibration.get("version") != CALIBRATION_VERSION:
+        raise InputError(
+            f"{source} holds calibration version {calibration.get('version')}, this detect.py "
+            f"reads version {CALIBRATION_VERSION}; run detect.py --calibrate again"
+        )
+    return calibration

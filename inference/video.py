@@ -1,0 +1,107 @@
+"""Scoring one whole video by the benchmark protocol: windows in order, the memory-independent
+work batched, the memory read, decoding and test-time updates frame by frame."""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import numpy as np
+import torch
+
+from inference.test_time import score_next_frame
+from model import LGNNet
+from model.lgn_net import Encoded
+from utils import InputError, autocast
+
+
+class VideoScores(NamedTuple):
+    psnr: np.ndarray  # (T - t_length + 1,) dB
+    feature_distance: np.ndarray  # (T - t_length + 1,)
+    frame_score: np.ndarray  # error measure where higher = more normal (PSNR by default)
+    items: torch.Tensor  # memory items after the video
+    memory_updates: int = 0  # frames whose point score fell below gamma (0 without updates)
+
+
+class QualityMetric:
+    """Optional image-quality measures beside PSNR (higher = more normal)."""
+
+    def __init__(self, metric: str, device: torch.device) -> None:
+        self.metric = metric
+        self._lpips = None
+        if metric == "lpips":
+            try:
+                import lpips
+
+                self._lpips = lpips.LPIPS(net="alex", verbose=False).to(device).eval()
+            except Exception as error:  # weights download on first use
+                raise InputError(
+                    f"--error_metric lpips needs the lpips package and its AlexNet weights "
+                    f"({type(error).__name__}: {error}); install lpips with network access "
+                    "once, or use --error_metric psnr"
+                ) from None
+
+    def __call__(self, prediction: torch.Tensor, target: torch.Tensor, psnr: float) -> float:
+        if self.metric == "psnr":
+            return psnr
+        if self.metric == "ssim":
+            from skimage.metrics import structural_similarity
+
+            pred = ((prediction[0].float().cpu().numpy() + 1) / 2).transpose(1, 2, 0)
+            true = ((target[0].float().cpu().numpy() + 1) / 2).transpose(1, 2, 0)
+            return float(structural_similarity(pred, true, channel_axis=2, data_range=1.0))
+        with torch.no_grad():
+            # lpips expects RGB in [-1, 1]; our frames are BGR.
+            distance = self._lpips(prediction.float().flip(1), target.float().flip(1))
+        return -float(distance)
+
+
+def video_windows(frames: torch.Tensor, start: int, stop: int, t_length: int) -> torch.Tensor:
+    """Stack the inputs of windows ``start..stop-1``: ``(stop-start, (t_length-1)*c, H, W)``
+    from frames ``(T, c, H, W)``."""
+    return torch.stack([frames[k : k + t_length - 1].flatten(0, 1) for k in range(start, stop)])
+
+
+@torch.no_grad()
+def evaluate_video(
+    model: LGNNet,
+    frames: torch.Tensor,
+    items: torch.Tensor,
+    gamma: float,
+    update: bool = True,
+    batch_size: int = 8,
+    dtype: torch.dtype | None = None,
+    metric: QualityMetric | None = None,
+) -> VideoScores:
+    """Score every predictable frame of one video, in order, with test-time memory updates.
+
+    The memory-independent work (both encoders and the spatiotemporal branch) runs on
+    ``batch_size`` windows at once; the memory read, decoding and updates then go frame by
+    frame, so the scores equal the one-window-at-a-time protocol.
+
+    Args:
+        frames: ``(T, c, H, W)`` in [-1, 1] on the model's device.
+        items: memory items ``(M, D)`` at the start of the video.
+        gamma: a frame updates the memory when its point score is below gamma.
+    """
+    model.eval()
+    t_length = model.t_length
+    num_windows = frames.shape[0] - t_length + 1
+    psnrs, distances, frame_scores = [], [], []
+    memory_updates = 0
+    device = frames.device
+    for start in range(0, num_windows, batch_size):
+        stop = min(start + batch_size, num_windows)
+        with autocast(device, dtype):
+            encoded = model.encode(video_windows(frames, start, stop, t_length))
+        for offset in range(stop - start):
+            target = frames[start + offset + t_length - 1].unsqueeze(0)
+            single = Encoded(*(part[offset : offset + 1] for part in encoded))
+            step = score_next_frame(model, single, target, items, gamma, update, dtype)
+            items = step.items
+            memory_updates += step.updated
+            psnrs.append(step.psnr)
+            distances.append(step.feature_distance)
+            frame_scores.append(metric(step.prediction, target, step.psnr) if metric else step.psnr)
+    return VideoScores(
+        np.array(psnrs), np.array(distances), np.array(frame_scores), items, memory_updates
+    )

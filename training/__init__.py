@@ -1,0 +1,1 @@
+"""Training LGN-Net: the epoch loop, resumable run state and data-parallel helpers."""

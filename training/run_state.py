@@ -1,0 +1,198 @@
+"""What a training run keeps on disk: ``checkpoint.pth`` (everything ``--resume`` needs),
+the reference-layout ``model.pth`` + ``keys.pt``, the per-epoch log, and the RNG states."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import random
+import sys
+import tempfile
+import warnings
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from model import LGNNet
+from model.checkpoint import load_memory_items
+from training import distributed
+from utils import InputError, atomic_write
+
+# What save_run_state writes and --resume reads back.
+RESUME_ENTRIES = ("model", "items", "optimizer", "scheduler", "epoch", "step", "rng")
+
+
+def rng_state() -> dict[str, Any]:
+    state = {
+        "python": random.getstate(),
+        "numpy": np.random.get_state(),
+        "torch": torch.get_rng_state(),
+    }
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict[str, Any]) -> None:
+    random.setstate(state["python"])
+    np.random.set_state(state["numpy"])
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def save_run_state(
+    run_dir: Path,
+    model: LGNNet,
+    items: torch.Tensor,
+    optimizer: torch.optim.Optimizer,
+    scheduler: torch.optim.lr_scheduler.LRScheduler,
+    args: argparse.Namespace,
+    epoch: int,
+    step: int,
+) -> None:
+    """Write ``checkpoint.pth`` (resumable state at ``epoch``/``step``), ``config.json`` (the
+    flags) and the reference-layout ``model.pth`` + ``keys.pt``, each atomically; the run
+    folder is created with the first of them.
+
+    Under torchrun every process calls this: rank 0 writes (with every process's RNG state)
+    while the others wait, so none exits before the files are complete.
+    """
+    rng_by_rank = distributed.gather_to_main(rng_state())
+    if distributed.is_main():
+        weights = {k: v.detach().cpu() for k, v in model.state_dict().items()}
+        items_cpu = items.detach().cpu()
+        checkpoint = {
+            "model": weights,
+            "items": items_cpu,
+            "optimizer": optimizer.state_dict(),
+            "scheduler": scheduler.state_dict(),
+            "epoch": epoch,
+            "step": step,
+            "args": vars(args),
+            "rng": rng_by_rank[0],
+            # A mid-epoch step index means "batches of this many processes' shards".
+            "world_size": len(rng_by_rank),
+            "rng_by_rank": rng_by_rank,
+        }
+        atomic_write(run_dir / "checkpoint.pth", lambda p: torch.save(checkpoint, p))
+        config = json.dumps(vars(args), indent=2, default=str)
+        atomic_write(run_dir / "config.json", lambda p: p.write_text(config))
+        atomic_write(run_dir / "model.pth", lambda p: torch.save(weights, p))
+        atomic_write(run_dir / "keys.pt", lambda p: torch.save(items_cpu, p))
+    distributed.barrier()
+
+
+def append_log(path: Path, record: dict[str, Any], keep_through_epoch: int | None = None) -> None:
+    """Add one epoch's record to ``log.jsonl``. With ``keep_through_epoch`` (the first record
+    of a run or of a resumed run), records of later epochs, left by a replaced run or by the
+    part of a run after the checkpoint resumed from, are dropped first, so the log never holds
+    two records of one epoch."""
+    if keep_through_epoch is not None and path.exists():
+        kept = []
+        for line in path.read_text(encoding="utf-8").splitlines():
+            try:
+                if json.loads(line).get("epoch", 0) <= keep_through_epoch:
+                    kept.append(line + "\n")
+            except ValueError:
+                continue  # a line torn by a crash
+        atomic_write(path, lambda tmp: tmp.write_text("".join(kept), encoding="utf-8"))
+    with open(path, "a", encoding="utf-8") as log:
+        log.write(json.dumps(record) + "\n")
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+RUN_FILES = ("checkpoint.pth", "model.pth", "keys.pt", "config.json", "log.jsonl")
+
+
+def check_run_dir(args: argparse.Namespace) -> Path:
+    """The run folder ``<output_root>/<dataset_type>/<exp_dir>``, checked before any work:
+    it must be writable, and may hold an earlier run only with ``--resume`` (continue it) or
+    ``--overwrite`` (replace it). Nothing is created here: the folder appears with the first
+    checkpoint, so a run that fails early leaves nothing behind."""
+    run_dir = Path(args.output_root) / args.dataset_type / args.exp_dir
+    if run_dir.exists() and not run_dir.is_dir():
+        raise InputError(f"the run folder {run_dir} is a file; choose another --exp_dir")
+    existing = [name for name in RUN_FILES if (run_dir / name).exists()]
+    if existing and args.resume is None and not getattr(args, "overwrite", False):
+        raise InputError(
+            f"{run_dir} already holds a run ({', '.join(existing)}); continue it with --resume, "
+            "replace it with --overwrite, or choose another --exp_dir"
+        )
+    folder = next(p for p in (run_dir, *run_dir.parents) if p.exists() or p == Path("."))
+    if not folder.is_dir():
+        raise InputError(
+            f"cannot create the run folder {run_dir}: {folder} is a file; choose another "
+            "--output_root/--exp_dir"
+        )
+    try:
+        with tempfile.TemporaryFile(dir=folder):
+            pass
+    except OSError as error:
+        raise InputError(
+            f"cannot write to the output folder {folder} ({error.strerror}); "
+            "choose another with --output_root/--exp_dir"
+        ) from None
+    return run_dir
+
+
+def resumed_scheduler(
+    optimizer: torch.optim.Optimizer, saved: dict[str, Any], epochs: int, start_epoch: int
+) -> torch.optim.lr_scheduler.CosineAnnealingLR:
+    """The cosine schedule of a resumed run, at ``start_epoch``.
+
+    With the same ``--epochs`` as the checkpoint's, its saved state continues exactly. With
+    another, the schedule is the one a run of ``epochs`` epochs would have had from the start
+    (cosine from the initial learning rate to 0 over ``epochs``), advanced to ``start_epoch``:
+    a finished run resumed with more epochs goes on training instead of staying at lr 0.
+    """
+    if saved.get("T_max") == epochs:
+        scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=epochs)
+        scheduler.load_state_dict(saved)
+        return scheduler
+    for group in optimizer.param_groups:
+        group["lr"] = group.get("initial_lr", group["lr"])
+    scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=epochs)
+    with warnings.catch_warnings():  # stepping before any optimizer.step() is intended here
+        warnings.simplefilter("ignore", UserWarning)
+        for _ in range(start_epoch):
+            scheduler.step()
+    return scheduler
+
+
+def load_resume_state(args: argparse.Namespace, run_dir: Path) -> dict[str, Any] | None:
+    if args.resume is None:
+        return None
+    path = run_dir / "checkpoint.pth" if args.resume == "auto" else Path(args.resume)
+    if not path.is_file():
+        if args.resume == "auto":
+            print(f"no checkpoint at {path} yet; starting a new run", file=sys.stderr)
+            return None
+        raise InputError(f"--resume checkpoint {path} does not exist; check the path")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=False)
+    except Exception as error:  # a truncated or foreign file: say which one
+        raise InputError(
+            f"cannot read the checkpoint {path} ({type(error).__name__}); "
+            "it may be damaged: resume from another file or start anew"
+        ) from None
+    missing = [key for key in RESUME_ENTRIES if not isinstance(state, dict) or key not in state]
+    if missing:
+        raise InputError(
+            f"{path} is not a checkpoint.pth written by train.py (it lacks "
+            f"{', '.join(map(repr, missing))}); resume from a run's checkpoint.pth "
+            "(model.pth and keys.pt hold weights only)"
+        )
+    # Items of another --msize/--mdim would otherwise train on silently with the wrong size.
+    state["items"] = load_memory_items(
+        state["items"], args.msize, args.mdim, source=str(path),
+        hint="give the --msize and --mdim the run was trained with",
+    )  # fmt: skip
+    return state
