@@ -216,11 +216,16 @@ def frame_errors(prediction: torch.Tensor, target: torch.Tensor) -> torch.Tensor
     return (((prediction.float() + 1) / 2 - (target.float() + 1) / 2) ** 2).float()
 
 
-def point_score(errors: torch.Tensor) -> float:
-    """Error-weighted mean error ``Σ w·e / Σ w`` with ``w = 1 - exp(-e)``: gates the
-    test-time memory update (update when below gamma)."""
+def point_score_tensor(errors: torch.Tensor) -> torch.Tensor:
+    """Error-weighted mean error ``Σ w·e / Σ w`` with ``w = 1 - exp(-e)``, a 0-d tensor on the
+    errors' device: gates the test-time memory update (update when below gamma)."""
     weights = 1 - torch.exp(-errors)
-    return float((weights * errors).sum() / weights.sum().clamp_min(1e-12))
+    return (weights * errors).sum() / weights.sum().clamp_min(1e-12)
+
+
+def point_score(errors: torch.Tensor) -> float:
+    """:func:`point_score_tensor` as a Python float."""
+    return float(point_score_tensor(errors))
 
 
 def minmax_normalize(values: np.ndarray) -> np.ndarray:

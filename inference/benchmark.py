@@ -14,7 +14,7 @@ import numpy as np
 import torch
 
 from data.frames import FrameWindowDataset, frames_to_tensor
-from inference.video import QualityMetric, VideoScores, evaluate_video
+from inference.video import QualityMetric, ScoringFunctions, VideoScores, evaluate_video
 from model import LGNNet
 from utils import (
     InputError,
@@ -66,19 +66,22 @@ def score_test_videos(
     batch_size: int = 8,
     dtype: torch.dtype | None = None,
     metric: QualityMetric | None = None,
+    functions: ScoringFunctions | None = None,
     on_video: Callable[[VideoResult], None] | None = None,
 ) -> tuple[list[VideoResult], torch.Tensor]:
     """Score every video of ``dataset`` in order, the memory items carried from one video to
     the next as the reference does. Returns the per-video results and the final items.
 
-    ``on_video`` is called after each video (e.g. to advance a progress bar).
+    ``functions`` are the encoder and per-frame step to call (default: eager, see
+    :func:`inference.video.compiled_scoring_functions`); ``on_video`` is called after each
+    video (e.g. to advance a progress bar).
     """
     device = items.device
     results = []
     for index, video in enumerate(dataset.videos):
         frames = frames_to_tensor(torch.from_numpy(dataset.video_frames(index)).to(device))
         scores = evaluate_video(
-            model, frames, items, gamma, memory_update, batch_size, dtype, metric
+            model, frames, items, gamma, memory_update, batch_size, dtype, metric, functions
         )
         items = scores.items
         result = VideoResult(

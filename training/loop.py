@@ -6,7 +6,7 @@ from __future__ import annotations
 import signal
 import sys
 from collections.abc import Iterable
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -66,13 +66,15 @@ def train_one_epoch(
     stop: StopRequested | None = None,
     scaler: torch.amp.GradScaler | None = None,
     sync_check_every: int = 0,
+    sync_every: int = 1,
 ) -> tuple[torch.Tensor, dict[str, float], int]:
     """One pass over ``loader``'s batches: per batch one forward, the loss
     ``MSE(prediction, target) + loss_compact·compactness + loss_separate·separateness``,
     one backward and one optimizer step; the memory items move on with every step.
 
     Args:
-        model: an ``LGNNet`` or, under torchrun, ``distributed.wrap_model``'s wrapper.
+        model: an ``LGNNet``, under torchrun ``distributed.wrap_model``'s wrapper, or a
+            :class:`StepModel` (compiled, with its fallback).
         loader: batches of windows ``(B, t_length*channels, H, W)`` in [-1, 1], the last
             ``channels`` being the frame to predict.
         items: memory items ``(msize, mdim)`` before the epoch.
@@ -82,13 +84,20 @@ def train_one_epoch(
         stop: checked after every step; training stops early when set (on any process:
             all processes stop after the same step).
         sync_check_every: every N steps verify that all processes agree (0: never).
+        sync_every: read the losses back (progress bar, non-finite check) every N steps
+            only, so that on a GPU the host queues steps without waiting for each (1: every
+            step, and a non-finite loss stops the run before its optimizer step).
 
     Returns:
         ``(items, mean_losses, steps_done)``, where ``steps_done`` counts from the epoch start
         and the losses are pooled over all processes.
     """
-    model.train()
-    totals = {"loss": 0.0, "pixel": 0.0, "compact": 0.0, "separate": 0.0}
+    runner = model if isinstance(model, StepModel) else StepModel(model)
+    settings = StepSettings(loss_compact, loss_separate, channels, dtype, scaler)
+    runner.eager.train()
+    names = ("loss", "pixel", "compact", "separate")
+    totals = torch.zeros(len(names), dtype=torch.float64, device=device)
+    first_bad = torch.full((), -1, dtype=torch.long, device=device)  # first non-finite step
     count = 0
     step = start_step
     bar = tqdm(
@@ -100,41 +109,131 @@ def train_one_epoch(
     )
     for windows in bar:
         windows = windows.to(device, non_blocking=True)
-        with autocast(device, dtype):
-            # Through __call__ (not forward_train) so a torch.compile'd model runs compiled.
-            out = model(windows[:, :-channels], items)
-            pixel = F.mse_loss(out.prediction.float(), windows[:, -channels:].float())
-            loss = pixel + loss_compact * out.compactness + loss_separate * out.separateness
-        if not torch.isfinite(loss):
-            raise InputError(
-                f"the training loss became {loss.item()} at epoch {epoch + 1}, step {step + 1}; "
-                "checkpoints already written are kept; try a lower --lr or --precision fp32"
-            )
-        optimizer.zero_grad(set_to_none=True)
-        if scaler is not None:
-            scaler.scale(loss).backward()
-            scaler.step(optimizer)
-            scaler.update()
-        else:
-            loss.backward()
-            optimizer.step()
+        check = sync_every == 1  # else the first bad step is found at the next read-back
+        loss, losses, out = runner.step(windows, items, optimizer, settings, check, (epoch, step))
+        bad = ~torch.isfinite(loss)
+        first_bad = torch.where((first_bad < 0) & bad, step, first_bad)
+        totals += losses
         items = out.items
         step += 1
         count += 1
+        if count % sync_every == 0:  # the only places that wait for the device
+            raise_if_not_finite(first_bad, loss, epoch)
+            means = {k: f"{v / count:.4f}" for k, v in zip(names, totals.tolist(), strict=True)}
+            bar.set_postfix(means)
         if sync_check_every and step % sync_check_every == 0:
-            check_processes_in_sync(model, items, f"after epoch {epoch + 1}, step {step}")
-        for key, value in (
-            ("loss", loss),
-            ("pixel", pixel),
-            ("compact", out.compactness),
-            ("separate", out.separateness),
-        ):
-            totals[key] += float(value.detach())
-        bar.set_postfix({k: f"{v / count:.4f}" for k, v in totals.items()})
+            check_processes_in_sync(runner.eager, items, f"after epoch {epoch + 1}, step {step}")
         if distributed.any_rank(bool(stop)):
             break
     bar.close()
-    return items, distributed.mean_over_ranks(totals, count), step
+    if count:
+        raise_if_not_finite(first_bad, loss, epoch)
+    mean = distributed.mean_over_ranks(dict(zip(names, totals.tolist(), strict=True)), count)
+    return items, mean, step
+
+
+def raise_if_not_finite(first_bad: torch.Tensor, loss: torch.Tensor, epoch: int) -> None:
+    """Stop with a one-line error when a loss since the last check was NaN or infinite."""
+    bad_step = int(first_bad)
+    if bad_step >= 0:
+        raise InputError(
+            f"the training loss became {float(loss):.4g} at epoch {epoch + 1}, step "
+            f"{bad_step + 1}; checkpoints already written are kept; try a lower --lr or "
+            "--precision fp32"
+        )
+
+
+class StepSettings(NamedTuple):
+    loss_compact: float  # weight of the compactness loss
+    loss_separate: float  # weight of the separateness loss
+    channels: int  # channels per frame: the window's last ones are the target
+    dtype: torch.dtype | None  # autocast dtype, None for fp32
+    scaler: torch.amp.GradScaler | None  # fp16 loss scaling
+
+
+class StepModel:
+    """The network a training step calls: the module itself or its ``torch.compile``'d form.
+
+    If compiling fails on the first step (forward or backward: an unsupported torch, a
+    missing compiler), training goes on eagerly after a one-line warning, from the state
+    before that step (BatchNorm statistics restored, gradients cleared).
+    """
+
+    def __init__(self, module: torch.nn.Module, compile: bool = False) -> None:
+        self.eager = module
+        self.current = torch.compile(module) if compile else module
+        self.trusted = not compile
+
+    def step(
+        self,
+        windows: torch.Tensor,
+        items: torch.Tensor,
+        optimizer: torch.optim.Optimizer,
+        settings: StepSettings,
+        check: bool,
+        where: tuple[int, int],
+    ) -> tuple[torch.Tensor, torch.Tensor, Any]:
+        """One optimisation step; returns ``(loss, the 4 losses as float64, model output)``."""
+        if self.trusted:
+            return _train_step(self.current, windows, items, optimizer, settings, check, where)
+        buffers = {name: b.detach().clone() for name, b in self.eager.named_buffers()}
+        try:
+            result = _train_step(self.current, windows, items, optimizer, settings, check, where)
+        except (InputError, KeyboardInterrupt):
+            raise
+        except Exception as error:  # any failure of the compiler on its first use
+            print(
+                f"warning: torch.compile failed ({type(error).__name__}: "
+                f"{str(error).strip().splitlines()[0][:200] if str(error).strip() else ''}); "
+                "training without compilation",
+                file=sys.stderr,
+            )
+            with torch.no_grad():
+                for name, buffer in self.eager.named_buffers():
+                    buffer.copy_(buffers[name])
+            optimizer.zero_grad(set_to_none=True)
+            self.current = self.eager
+            result = _train_step(self.current, windows, items, optimizer, settings, check, where)
+        self.trusted = True
+        return result
+
+
+def _train_step(
+    model: Any,
+    windows: torch.Tensor,
+    items: torch.Tensor,
+    optimizer: torch.optim.Optimizer,
+    settings: StepSettings,
+    check: bool,
+    where: tuple[int, int],
+) -> tuple[torch.Tensor, torch.Tensor, Any]:
+    channels, scaler = settings.channels, settings.scaler
+    with autocast(windows.device, settings.dtype):
+        # Through __call__ (not forward_train) so a torch.compile'd model runs compiled.
+        out = model(windows[:, :-channels], items)
+        pixel = F.mse_loss(out.prediction.float(), windows[:, -channels:].float())
+        loss = (
+            pixel
+            + settings.loss_compact * out.compactness
+            + settings.loss_separate * out.separateness
+        )
+    if check and not torch.isfinite(loss):  # before the step can spoil the weights
+        epoch, step = where
+        raise InputError(
+            f"the training loss became {loss.item():.4g} at epoch {epoch + 1}, step "
+            f"{step + 1}; checkpoints already written are kept; try a lower --lr or "
+            "--precision fp32"
+        )
+    optimizer.zero_grad(set_to_none=True)
+    if scaler is not None:
+        scaler.scale(loss).backward()
+        scaler.step(optimizer)
+        scaler.update()
+    else:
+        loss.backward()
+        optimizer.step()
+    losses = torch.stack([loss, pixel, out.compactness, out.separateness]).detach().double()
+    return loss.detach(), losses, out
 
 
 def check_processes_in_sync(model: torch.nn.Module, items: torch.Tensor, where: str) -> None:

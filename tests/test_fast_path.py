@@ -1,0 +1,148 @@
+"""The CUDA fast path's pieces, checked on the CPU against the plain path: frames served from
+the device, steps that read the losses back only now and then, the per-frame test-time step
+without host synchronisation, and compiled training and scoring steps."""
+
+from __future__ import annotations
+
+import copy
+
+import numpy as np
+import pytest
+import torch
+from torch.utils.data import DataLoader
+
+import training.loop
+from data.demo import ensure_demo_dataset
+from data.device_frames import DeviceWindows
+from data.frames import FrameWindowDataset, find_split_dir, list_videos
+from inference.video import compiled_scoring_functions, evaluate_video
+from model import LGNNet, init_memory_items
+from training.loop import StepModel, epoch_batches, train_one_epoch
+from utils import InputError
+
+TINY = {"msize": 4, "fdim": 16, "mdim": 16, "hidden": 8}
+
+
+@pytest.fixture(scope="module")
+def dataset(tmp_path_factory: pytest.TempPathFactory) -> FrameWindowDataset:
+    root = ensure_demo_dataset(
+        tmp_path_factory.mktemp("demo"), height=32, width=48, train_videos=2, test_videos=1,
+        min_frames=20, max_frames=22,
+    )  # fmt: skip
+    return FrameWindowDataset(list_videos(find_split_dir(root, "training")), 16, 24, t_length=3)
+
+
+def test_device_windows_equal_the_dataloader_batches(dataset: FrameWindowDataset) -> None:
+    batches = epoch_batches(len(dataset), 4, seed=1, epoch=2)
+    served = list(DeviceWindows.of(dataset, torch.device("cpu")).loader(batches))
+    loaded = list(DataLoader(dataset, batch_sampler=batches))
+    assert len(served) == len(loaded) == len(batches)
+    for a, b in zip(served, loaded, strict=True):
+        assert torch.equal(a, b)
+
+
+def run_epoch(dataset: FrameWindowDataset, sync_every: int, compile: bool = False):
+    torch.manual_seed(0)
+    model = LGNNet(t_length=3, **TINY)
+    items = init_memory_items(4, 16, generator=torch.Generator().manual_seed(1))
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
+    batches = epoch_batches(len(dataset), 3, seed=0, epoch=0)[:6]
+    loader = DataLoader(dataset, batch_sampler=batches)
+    runner = StepModel(model, compile=compile)
+    items, losses, steps = train_one_epoch(
+        runner, loader, items, optimizer, torch.device("cpu"), sync_every=sync_every
+    )
+    return model, items, losses, steps
+
+
+def test_reading_losses_back_every_few_steps_changes_nothing(dataset) -> None:
+    every_step = run_epoch(dataset, sync_every=1)
+    every_four = run_epoch(dataset, sync_every=4)
+    assert every_step[3] == every_four[3] == 6
+    assert every_step[2] == every_four[2]  # the logged mean losses, bit for bit
+    assert torch.equal(every_step[1], every_four[1])
+    after_four = every_four[0].state_dict()
+    for name, tensor in every_step[0].state_dict().items():
+        assert torch.equal(tensor, after_four[name]), name
+
+
+def test_a_non_finite_loss_is_reported_at_its_step_when_read_back_late(
+    dataset: FrameWindowDataset, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    real = training.loop.F.mse_loss
+    calls = {"n": 0}
+
+    def nan_from_the_third(prediction: torch.Tensor, *args: object, **kw: object) -> torch.Tensor:
+        value = real(prediction, *args, **kw)
+        if prediction.dim() != 4:  # the compactness loss (same function): leave it alone
+            return value
+        calls["n"] += 1
+        return value * float("nan") if calls["n"] >= 3 else value
+
+    monkeypatch.setattr(training.loop.F, "mse_loss", nan_from_the_third)
+    with pytest.raises(InputError, match="loss became nan at epoch 1, step 3;"):
+        run_epoch(dataset, sync_every=5)
+
+
+def test_a_failing_compiler_falls_back_to_the_eager_step(
+    dataset: FrameWindowDataset, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture
+) -> None:
+    def broken_compile(module: torch.nn.Module) -> object:
+        def run(*args: object, **kwargs: object) -> object:
+            module(*args, **kwargs)  # the forward ran (BatchNorm statistics moved) ...
+            raise RuntimeError("backend compiler failed")  # ... then compiling failed
+
+        return run
+
+    monkeypatch.setattr(training.loop.torch, "compile", broken_compile)
+    fallen_back = run_epoch(dataset, sync_every=1, compile=True)
+    monkeypatch.undo()
+    eager = run_epoch(dataset, sync_every=1)
+    assert "torch.compile failed (RuntimeError: backend compiler failed)" in capsys.readouterr().err
+    assert fallen_back[2] == eager[2]
+    after_eager = eager[0].state_dict()
+    for name, tensor in fallen_back[0].state_dict().items():
+        assert torch.equal(tensor, after_eager[name]), name
+
+
+def test_per_frame_values_read_back_once_per_video_equal_reading_each_frame() -> None:
+    torch.manual_seed(2)
+    model = LGNNet(t_length=3, **TINY).eval()
+    frames = torch.rand(14, 3, 16, 16) * 2 - 1
+    items = init_memory_items(4, 16, generator=torch.Generator().manual_seed(3))
+    # gamma between the frames' point scores: some frames update the memory, some do not.
+    probe = evaluate_video(model, frames, items, gamma=0.0, batch_size=4)
+    assert probe.memory_updates == 0
+    lazy = evaluate_video(model, frames, items, gamma=1.0, batch_size=4)
+    eager = evaluate_video(model, frames, items, gamma=1.0, batch_size=4, sync_each_frame=True)
+    assert lazy.memory_updates == eager.memory_updates == 12
+    for a, b in ((lazy.psnr, eager.psnr), (lazy.feature_distance, eager.feature_distance)):
+        np.testing.assert_array_equal(a, b)
+    assert torch.equal(lazy.items, eager.items)
+
+
+@pytest.mark.slow_compile
+def test_compiled_training_and_scoring_steps_give_the_eager_numbers(dataset) -> None:
+    """torch.compile (inductor, here on the CPU) reorders floating-point work, so the numbers
+    agree to rounding, not bit for bit: the tolerances are those of fp32 reassociation over a
+    few steps of a small network."""
+    eager_model, eager_items, eager_losses, _ = run_epoch(dataset, sync_every=2)
+    compiled_model, compiled_items, compiled_losses, _ = run_epoch(dataset, 2, compile=True)
+    for key in eager_losses:
+        assert compiled_losses[key] == pytest.approx(eager_losses[key], rel=1e-4, abs=1e-6)
+    torch.testing.assert_close(compiled_items, eager_items, atol=1e-5, rtol=1e-4)
+    for (name, a), b in zip(
+        eager_model.state_dict().items(), compiled_model.state_dict().values(), strict=True
+    ):
+        torch.testing.assert_close(b, a, atol=1e-5, rtol=1e-4, msg=name)
+
+    model = copy.deepcopy(eager_model).eval()
+    frames = torch.rand(9, 3, 16, 24, generator=torch.Generator().manual_seed(4)) * 2 - 1
+    reference = evaluate_video(model, frames, eager_items, gamma=1.0, batch_size=4)
+    compiled = evaluate_video(
+        model, frames, eager_items, gamma=1.0, batch_size=4,
+        functions=compiled_scoring_functions(model),
+    )  # fmt: skip
+    np.testing.assert_allclose(compiled.psnr, reference.psnr, rtol=1e-5)
+    np.testing.assert_allclose(compiled.feature_distance, reference.feature_distance, rtol=1e-4)
+    assert compiled.memory_updates == reference.memory_updates
