@@ -4,8 +4,6 @@ without host synchronisation, and compiled training and scoring steps."""
 
 from __future__ import annotations
 
-import copy
-
 import numpy as np
 import pytest
 import torch
@@ -121,22 +119,43 @@ def test_per_frame_values_read_back_once_per_video_equal_reading_each_frame() ->
     assert torch.equal(lazy.items, eager.items)
 
 
+def one_step(dataset: FrameWindowDataset, compile: bool):
+    """One training step of a tiny model with a zero learning rate: the step's losses,
+    gradients, BatchNorm statistics and memory update, with nothing amplified by Adam."""
+    torch.manual_seed(5)
+    model = LGNNet(t_length=3, **TINY)
+    items = init_memory_items(4, 16, generator=torch.Generator().manual_seed(6))
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.0)
+    batches = epoch_batches(len(dataset), 4, seed=0, epoch=0)[:1]
+    items, losses, _ = train_one_epoch(
+        StepModel(model, compile=compile), DataLoader(dataset, batch_sampler=batches), items,
+        optimizer, torch.device("cpu"),
+    )  # fmt: skip
+    return model, items, losses
+
+
 @pytest.mark.slow_compile
 def test_compiled_training_and_scoring_steps_give_the_eager_numbers(dataset) -> None:
-    """torch.compile (inductor, here on the CPU) reorders floating-point work, so the numbers
-    agree to rounding, not bit for bit: the tolerances are those of fp32 reassociation over a
-    few steps of a small network."""
-    eager_model, eager_items, eager_losses, _ = run_epoch(dataset, sync_every=2)
-    compiled_model, compiled_items, compiled_losses, _ = run_epoch(dataset, 2, compile=True)
-    for key in eager_losses:
-        assert compiled_losses[key] == pytest.approx(eager_losses[key], rel=1e-4, abs=1e-6)
-    torch.testing.assert_close(compiled_items, eager_items, atol=1e-5, rtol=1e-4)
-    for (name, a), b in zip(
-        eager_model.state_dict().items(), compiled_model.state_dict().values(), strict=True
-    ):
-        torch.testing.assert_close(b, a, atol=1e-5, rtol=1e-4, msg=name)
+    """torch.compile (inductor, here on the CPU) fuses and reorders floating-point work, so
+    the numbers agree to fp32 rounding, not bit for bit."""
+    eager_model, eager_items, eager_losses = one_step(dataset, compile=False)
+    compiled_model, compiled_items, compiled_losses = one_step(dataset, compile=True)
+    for key, value in eager_losses.items():
+        assert compiled_losses[key] == pytest.approx(value, rel=1e-5, abs=1e-7), key
+    torch.testing.assert_close(compiled_items, eager_items, atol=1e-6, rtol=1e-5)
+    # Gradients against the largest one of the model: the biases of convolutions followed by
+    # BatchNorm have a gradient of 0 in exact arithmetic, so only rounding noise to compare.
+    grads = {n: p.grad for n, p in eager_model.named_parameters() if p.grad is not None}
+    scale = max(grad.abs().max().item() for grad in grads.values())
+    compiled_parameters = dict(compiled_model.named_parameters())
+    for name, grad in grads.items():
+        torch.testing.assert_close(compiled_parameters[name].grad, grad,
+                                   atol=2e-5 * scale, rtol=1e-3, msg=name)  # fmt: skip
+    compiled_buffers = dict(compiled_model.named_buffers())
+    for name, buffer in eager_model.named_buffers():
+        torch.testing.assert_close(compiled_buffers[name], buffer, atol=1e-6, rtol=1e-5, msg=name)
 
-    model = copy.deepcopy(eager_model).eval()
+    model = eager_model.eval()
     frames = torch.rand(9, 3, 16, 24, generator=torch.Generator().manual_seed(4)) * 2 - 1
     reference = evaluate_video(model, frames, eager_items, gamma=1.0, batch_size=4)
     compiled = evaluate_video(
