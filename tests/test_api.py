@@ -1,0 +1,144 @@
+"""The Python API (inference.load_scorer), published weights by name, and torch.hub."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+import torch
+
+import model.pretrained as pretrained
+from data.download import file_sha256
+from data.sources import preprocess
+from inference import load_scorer
+from inference.calibration import calibration_from_scores, threshold_for_rate
+from inference.video import evaluate_video
+from model import LGNNet, init_memory_items
+from model.checkpoint import load_for_inference
+from utils import InputError, normality_scores
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+SIZES = {"t_length": 3, "msize": 3, "fdim": 16, "mdim": 16}
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A train.py-like checkpoint of a small random network at 16x24, with a calibration."""
+    torch.manual_seed(0)
+    network = LGNNet(**SIZES)
+    saved = {
+        "model": network.state_dict(),
+        "items": init_memory_items(3, 16, generator=torch.Generator().manual_seed(1)),
+        "optimizer": {"state": {}, "param_groups": []},
+        "args": {"h": 16, "w": 24, "c": 3, **SIZES},
+        "epoch": 4,
+        "step": 0,
+        "calibration": calibration_from_scores([20.0, 21.0, 22.0], [0.1, 0.2, 0.3]),
+    }
+    path = tmp_path_factory.mktemp("run") / "checkpoint.pth"
+    torch.save(saved, path)
+    return path
+
+
+def clip_frames(count: int = 11) -> np.ndarray:
+    rng = np.random.default_rng(0)
+    frames = np.full((count, 30, 40, 3), 90, np.uint8)
+    for t in range(count):
+        frames[t, 8:16, 2 + 2 * t : 10 + 2 * t] = 200
+    return np.clip(frames + rng.integers(0, 8, frames.shape), 0, 255).astype(np.uint8)
+
+
+def test_scorer_gives_evaluate_videos_numbers_for_arrays_folders_and_files(
+    checkpoint: Path, tmp_path: Path
+) -> None:
+    frames = clip_frames()
+    folder = tmp_path / "clip"
+    folder.mkdir()
+    for index, frame in enumerate(frames):
+        cv2.imwrite(str(folder / f"{index:03d}.png"), frame)
+
+    scorer = load_scorer(checkpoint, device="cpu", precision="fp32")
+    loaded = load_for_inference(checkpoint)
+    tensors = torch.stack([preprocess(frame, 16, 24) for frame in frames])
+    expected = evaluate_video(loaded.model, tensors, loaded.items, gamma=0.009)
+
+    for video in (frames, folder):
+        scores = scorer.score(video, chunk=4)  # several chunks: the memory carries over
+        assert list(scores.frame) == list(range(2, 11))
+        np.testing.assert_allclose(scores.psnr, expected.psnr, rtol=1e-6)
+        np.testing.assert_allclose(scores.feature_distance, expected.feature_distance, rtol=1e-6)
+        np.testing.assert_allclose(
+            scores.normality, normality_scores(expected.psnr, expected.feature_distance, 0.6)
+        )
+        threshold = threshold_for_rate(scorer.calibration, 0.01)
+        assert np.array_equal(scores.anomaly, scores.calibrated_normality < threshold)
+
+    with pytest.raises(InputError, match="fewer than the 3 frames"):
+        scorer.score(frames[:2])
+
+
+def test_export_keeps_what_inference_needs_in_fp16(checkpoint: Path, tmp_path: Path) -> None:
+    published = tmp_path / "lgn_net_tiny.pth"
+    assert pretrained.main(["export", str(checkpoint), str(published)]) == 0
+    saved = torch.load(published, weights_only=False)
+    assert saved["format"] == pretrained.EXPORT_FORMAT and "optimizer" not in saved
+    assert saved["model"]["decoder.moduleDeconv1.6.weight"].dtype == torch.float16
+    assert saved["items"].dtype == torch.float32 and saved["epoch"] == 4
+    assert saved["calibration"] == torch.load(checkpoint, weights_only=False)["calibration"]
+
+    full, half = load_for_inference(checkpoint), load_for_inference(published)
+    frames = torch.rand(6, 3, 16, 24, generator=torch.Generator().manual_seed(2)) * 2 - 1
+    a = evaluate_video(full.model, frames, full.items, gamma=0.009)
+    b = evaluate_video(half.model, frames, half.items, gamma=0.009)
+    np.testing.assert_allclose(b.psnr, a.psnr, atol=0.05)  # fp16 weights: hundredths of a dB
+
+
+@pytest.fixture
+def published(checkpoint: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """``tiny`` published: the exported file in a private weights/ folder."""
+    weights = tmp_path / "weights"
+    weights.mkdir()
+    pretrained.export_weights(checkpoint, weights / "lgn_net_tiny.pth")
+    entry = {"file": "lgn_net_tiny.pth", "sha256": file_sha256(weights / "lgn_net_tiny.pth")}
+    monkeypatch.setattr(pretrained, "WEIGHTS_DIR", weights)
+    monkeypatch.setattr(pretrained, "PUBLISHED_WEIGHTS", {"tiny": entry})
+    monkeypatch.setenv("LGN_CACHE", str(tmp_path / "cache"))
+    return weights / "lgn_net_tiny.pth"
+
+
+def test_a_published_name_resolves_to_the_bundled_file_else_its_mirror(
+    published: Path, tmp_path: Path
+) -> None:
+    assert pretrained.resolve_checkpoint("tiny") == published
+    data = published.read_bytes()
+
+    published.write_bytes(data[:-10])  # damaged: refused, never used
+    with pytest.raises(InputError, match="does not match its sha256"):
+        pretrained.resolve_checkpoint("tiny")
+
+    mirror = tmp_path / "mirror" / "lgn_net_tiny.pth"
+    mirror.parent.mkdir()
+    mirror.write_bytes(data)
+    published.unlink()
+    with pytest.raises(InputError, match="missing, and have no download address"):
+        pretrained.resolve_checkpoint("tiny")
+    pretrained.PUBLISHED_WEIGHTS["tiny"]["url"] = mirror.as_uri()
+    downloaded = pretrained.resolve_checkpoint("tiny")
+    assert downloaded.parent == tmp_path / "cache" and downloaded.read_bytes() == data
+
+    mirror.write_bytes(data[:-10])  # a mirror serving another file is refused too
+    downloaded.unlink()
+    with pytest.raises(InputError, match="sha256"):
+        pretrained.resolve_checkpoint("tiny")
+
+
+def test_published_weights_through_the_api_and_torch_hub(published: Path) -> None:
+    scorer = load_scorer("tiny", device="cpu")
+    assert (scorer.height, scorer.width) == (16, 24) and scorer.model.t_length == 3
+    hub = torch.hub.load(str(REPO_ROOT), "lgn_net", weights="tiny", source="local", device="cpu")
+    frames = clip_frames(6)
+    np.testing.assert_array_equal(hub.score(frames).psnr, scorer.score(frames).psnr)
+    untrained = torch.hub.load(str(REPO_ROOT), "lgn_net", source="local", device="cpu")
+    assert sum(p.numel() for p in untrained.model.parameters()) == 22_753_667
