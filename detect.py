@@ -13,44 +13,14 @@ Examples::
     python detect.py --checkpoint ... --input rtsp://camera.local/live  # stream URL
     python detect.py --checkpoint ... --input 0                         # camera index
 
-``--input`` takes a video file, a folder of images (one video), a folder of videos or of
-frame folders (several videos, scored one after another), a stream URL or a camera index.
-
-Streaming. Frames are scored as they arrive with a rolling window of ``t_length`` frames, with
-the preprocessing, PSNR, feature distance and test-time memory update of ``evaluate.py``; the
-first ``t_length - 1`` frames of a video have no score, and every video starts from the
-trained memory (``evaluate.py`` carries it from one test video to the next).
-
-Calibrated scores. PSNR and feature distance are standardised with the statistics of normal
-footage measured once by ``--calibrate`` (stored in ``checkpoint["calibration"]``), fused as
-``s = lambda * z(PSNR) - (1 - lambda) * z(distance)``, and a frame is anomalous when s falls
-below the ``--false_alarm_rate`` quantile of s on the calibration frames (see
-``inference/calibration.py``). Calibrate on footage from the same camera and conditions as the
-footage you will score when you can.
-
-Outputs (each written atomically; only frames with a score appear):
-- ``--csv``: video, frame (0-based position in the video), psnr, feature_distance, normality,
-  anomaly (1 = below the threshold);
-- ``--events``: JSON list of runs of consecutive anomalous frames, {video, start, end (both
-  inclusive frame indices), peak_frame, peak_score (the lowest normality in the run)};
-- ``--video_out``: annotated MP4 with three panels: the frame (red border when anomalous),
-  the prediction-error heat map (saturating at 8x the mean normal error) and a running plot of
-  the normality score with the threshold line;
-- ``--report``: JSON summary (and the metrics of ``--dataset``, below).
-
-An input that ends before ``t_length`` frames (a short file, a stream that drops at once) is
-reported on stderr; if no frame at all could be scored, the outputs are still written (empty
-CSV and event list) and the exit status is 2. Ctrl-C, or ``--max_frames``, ends a live stream
-cleanly: the outputs cover the frames scored so far (during ``--calibrate``, calibration uses
-the frames collected so far). Unreadable inputs (missing path, corrupt video or image) stop
-with a one-line error naming them.
-
-Benchmarks. ``--dataset DIR`` (a frame tree with ``training/`` and ``testing/``, e.g. Ped2)
-replaces ``--input``: ``--calibrate`` then uses the training videos only, and detection
-scores the testing videos and reports, against the dataset's frame labels (or
-``--label_path``), the precision, recall and F1 of the decisions, the AUC of the calibrated
-scores and, for comparison, the AUC of the same PSNR/distance pairs with the benchmark's
-per-video min-max normalisation.
+``--input``: a video file, a folder of images, a folder of videos or frame folders, a stream
+URL or a camera index; ``--dataset DIR`` instead scores a benchmark tree's test videos against
+its labels (and ``--calibrate`` uses its training videos). Frames are scored as they arrive
+(``inference/streaming.py``), standardised with the normal-data statistics of ``--calibrate``,
+and flagged below the ``--false_alarm_rate`` quantile of the calibration frames
+(``inference/calibration.py``). Outputs (``--csv``, ``--events``, ``--video_out``,
+``--report``) are checked before any work and written atomically; Ctrl-C ends a stream with
+outputs for the frames scored so far and exit status 130. The README has the details.
 """
 
 from __future__ import annotations
@@ -66,6 +36,7 @@ from data.sources import dataset_sources, open_input
 from inference.calibration import (
     calibrate,
     checked_calibration,
+    describe_calibration,
     save_calibration,
     threshold_for_rate,
 )
@@ -218,22 +189,17 @@ def validate_args(args: argparse.Namespace) -> None:
         "--checkpoint (calibrated in place)": args.checkpoint if in_place else None,
     }
     if in_place and not Path(args.checkpoint).is_file():
-        outputs.pop("--checkpoint (calibrated in place)")  # a URL or name: refused later
+        raise InputError(
+            f"--checkpoint {args.checkpoint} is not a local file; name where the calibrated "
+            "checkpoint goes with --output_checkpoint"
+        )
     check_writable_outputs(outputs, {})
 
 
 def run_calibration(
     args: argparse.Namespace, scorer: StreamingScorer, checkpoint: dict, path: Path | None
 ) -> dict[str, Any]:
-    if args.output_checkpoint:
-        output = Path(args.output_checkpoint)
-    elif path is not None and Path(args.checkpoint).is_file():
-        output = path
-    else:
-        raise InputError(
-            f"--checkpoint {args.checkpoint} is not a local file; name where the calibrated "
-            "checkpoint goes with --output_checkpoint"
-        )
+    output = Path(args.output_checkpoint) if args.output_checkpoint else path
     if args.dataset:
         sources, source_name = dataset_sources(Path(args.dataset), "training"), args.dataset
     else:
@@ -243,14 +209,7 @@ def run_calibration(
         scorer, sources, lambda_, args.false_alarm_rate, args.max_frames, source_name
     )
     save_calibration(checkpoint, calibration, output)
-    print(
-        f"calibrated on {calibration['frames']} frames of {calibration['videos']} videos: "
-        f"PSNR {calibration['psnr_mean']:.2f} ± {calibration['psnr_std']:.2f} dB, feature "
-        f"distance {calibration['distance_mean']:.4g} ± {calibration['distance_std']:.2g}; "
-        f"threshold {calibration['threshold']:.3f} at a {args.false_alarm_rate:.2%} "
-        f"false-alarm rate -> {output}",
-        file=sys.stderr,
-    )
+    print(f"{describe_calibration(calibration)} -> {output}", file=sys.stderr)
     if calibration.get("interrupted"):
         exit_interrupted(f"calibrated on the frames scored before Ctrl-C -> {output}")
     return calibration
@@ -288,15 +247,12 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
         return run_calibration(args, scorer, checkpoint, path)
 
     precision = str(dtype or "fp32").replace("torch.", "")
-    for name, now, then in (
-        ("gamma", gamma, calibration.get("gamma")),
-        ("memory update", update, calibration.get("memory_update")),
-        ("precision", precision, calibration.get("precision")),
-    ):
-        if then is not None and now != then:
+    settings_now = {"gamma": gamma, "memory_update": update, "precision": precision}
+    for name, now in settings_now.items():
+        if calibration.get(name) is not None and now != calibration[name]:
             print(
-                f"note: {name} is {now} here but was {then} at calibration; the scores shift "
-                "accordingly (recalibrate with the same settings for exact false-alarm rates)",
+                f"note: {name} is {now} here but was {calibration[name]} at calibration; the "
+                "scores shift (recalibrate with the same settings for exact false-alarm rates)",
                 file=sys.stderr,
             )
     detect_kwargs = {
@@ -306,44 +262,26 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
         "max_frames": args.max_frames,
     }
     metrics = None
+    rate = args.false_alarm_rate
     if args.dataset:
         result, metrics = score_dataset(
-            scorer,
-            calibration,
-            args.dataset,
-            args.label_path,
-            args.false_alarm_rate,
-            **detect_kwargs,
+            scorer, calibration, args.dataset, args.label_path, rate, **detect_kwargs
         )
     else:
         sources = open_input(args.input)
         known = [source.frame_count for source in sources]
         total = sum(known) if all(known) else None
-        result = detect(
-            scorer,
-            sources,
-            calibration,
-            args.false_alarm_rate,
-            total_frames=total,
-            **detect_kwargs,
-        )
+        result = detect(scorer, sources, calibration, rate, total_frames=total, **detect_kwargs)
     if args.events:
         atomic_write(Path(args.events), lambda p: p.write_text(json.dumps(result.events, indent=2)))
     summary = {
-        "input": args.input or args.dataset,
-        "checkpoint": str(path),
-        "frames": result.frames,
-        "anomalous_frames": result.anomalous_frames,
-        "events": len(result.events),
-        "false_alarm_rate": args.false_alarm_rate,
-        "threshold": result.threshold,
-        "gamma": gamma,
-        "memory_update": update,
-        "precision": precision,
+        "input": args.input or args.dataset, "checkpoint": str(path), "frames": result.frames,
+        "anomalous_frames": result.anomalous_frames, "events": len(result.events),
+        "false_alarm_rate": rate, "threshold": result.threshold, **settings_now,
         "seconds": round(result.seconds, 2),
         "frames_per_second": round(result.frames / max(result.seconds, 1e-9), 3),
         "stopped_early": result.stopped_early,
-    }
+    }  # fmt: skip
     if metrics is not None:
         summary["metrics"] = metrics
     if args.report:

@@ -25,10 +25,9 @@ import torch
 from torch.utils.data import DataLoader
 
 from data.datasets import DATASET_TYPES, dataset_dir_for
-from data.device_frames import DeviceWindows, frames_nbytes
+from data.device_frames import DeviceWindows
 from data.frames import FrameCache, FrameWindowDataset, find_split_dir, list_videos
 from model import LGNNet, init_memory_items
-from model.checkpoint import load_model_weights
 from training import distributed
 from training.loop import (
     StepModel,
@@ -41,10 +40,9 @@ from training.run_state import (
     append_log,
     check_run_dir,
     load_resume_state,
-    resumed_scheduler,
+    restore_run_state,
     save_run_state,
     seed_everything,
-    set_rng_state,
 )
 from utils import (
     InputError,
@@ -163,18 +161,6 @@ def validate_args(args: argparse.Namespace) -> None:
         raise InputError("--resume continues a run and --overwrite replaces it; give one")
 
 
-def on_device_windows(dataset: FrameWindowDataset, device: torch.device) -> DeviceWindows | None:
-    """The training frames as uint8 on the GPU when they take at most a quarter of its free
-    memory (Ped2 at 256x256: 0.5 GB), else None (the DataLoader serves them)."""
-    free, _ = torch.cuda.mem_get_info(device)
-    if frames_nbytes(dataset) > free // 4:
-        print(
-            "training frames too large for the GPU: loading them with DataLoader", file=sys.stderr
-        )
-        return None
-    return DeviceWindows.of(dataset, device)
-
-
 def exit_for_signal(stop: StopRequested, run_dir: Path, when: str) -> NoReturn:
     """End the process after a signal, once the checkpoint is saved (on every process, as
     the signal may have reached only another one)."""
@@ -207,18 +193,7 @@ def train_this_process(args: argparse.Namespace, device: torch.device) -> Path:
     is_main = distributed.is_main()
     # The output folder may exist on rank 0's machine only: rank 0 alone creates and reads it.
     run_dir = distributed.share_from_main(lambda: check_run_dir(args))
-    resume = distributed.share_from_main(lambda: load_resume_state(args, run_dir))
-    resume_path = run_dir / "checkpoint.pth" if args.resume == "auto" else args.resume
-    if resume is not None and (resume["epoch"], resume["step"]) >= (args.epochs, 0):
-        raise InputError(
-            f"{resume_path} has already trained {resume['epoch']} epochs, so --epochs "
-            f"{args.epochs} leaves nothing to do; give a larger --epochs to train on"
-        )
-    if resume is not None and resume["step"] and resume.get("world_size", 1) != world_size:
-        raise InputError(
-            f"{resume_path} was saved mid-epoch by {resume.get('world_size', 1)} processes, "
-            f"this run has {world_size}; resume it with as many processes"
-        )
+    resume = distributed.share_from_main(lambda: load_resume_state(args, run_dir, world_size))
     # Per-process seeds; the weights and items then start from rank 0's on every process.
     seed_everything(args.seed + rank)
 
@@ -250,28 +225,17 @@ def train_this_process(args: argparse.Namespace, device: torch.device) -> Path:
     start_epoch, start_step = 0, 0
     scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=args.epochs)
     if resume is not None:
-        load_model_weights(model, resume["model"], source=str(resume_path))
-        items = resume["items"].to(device)
-        optimizer.load_state_dict(resume["optimizer"])
-        for group in optimizer.param_groups:  # this run's choice, not the saved run's
-            group["fused"], group["foreach"] = (fast or None), None
+        items, scheduler = restore_run_state(resume, model, optimizer, args.epochs, fast)
         start_epoch, start_step = resume["epoch"], resume["step"]
-        scheduler = resumed_scheduler(optimizer, resume["scheduler"], args.epochs, start_epoch)
-        # Checkpoints before multi-process support hold rank 0's state only.
-        rng_by_rank = resume.get("rng_by_rank", [resume["rng"]])
-        if rank < len(rng_by_rank):
-            set_rng_state(rng_by_rank[rank])
         if is_main:
             lr = optimizer.param_groups[0]["lr"]
-            print(
-                f"resuming at epoch {start_epoch + 1}, step {start_step}, lr {lr:.3g}",
-                file=sys.stderr,
-            )
+            print(f"resuming at epoch {start_epoch + 1}, step {start_step}, lr {lr:.3g}",
+                  file=sys.stderr)  # fmt: skip
     items = distributed.broadcast_from_main(items)
 
     # Checkpoints are saved from `model`; the DDP and compiled wrappers only run the steps.
     step_model = StepModel(distributed.wrap_model(model, device), compile=fast or args.compile)
-    device_windows = on_device_windows(dataset, device) if fast else None
+    device_windows = DeviceWindows.if_they_fit(dataset, device) if fast else None
     if is_main:
         processes = f", {world_size} processes" if world_size > 1 else ""
         print(

@@ -5,11 +5,12 @@ from __future__ import annotations
 import argparse
 import contextlib
 import errno
+import hashlib
 import math
 import os
 import sys
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -76,6 +77,25 @@ def _give_default_permissions(path: str | os.PathLike) -> None:
     umask = os.umask(0)
     os.umask(umask)
     os.chmod(path, 0o666 & ~umask)
+
+
+@contextlib.contextmanager
+def exclusive_lock(resource: str | os.PathLike) -> Iterator[None]:
+    """Hold an exclusive lock named after ``resource`` (e.g. a folder being generated), so
+    processes doing the same work at the same time take turns. The lock file lives in the
+    system's temporary folder; POSIX ``flock``, and no lock where that is missing."""
+    try:
+        import fcntl
+    except ImportError:
+        yield
+        return
+    key = hashlib.sha256(str(Path(resource).resolve()).encode()).hexdigest()[:16]
+    with open(Path(tempfile.gettempdir()) / f"lgn-{key}.lock", "a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
 
 
 def _is_storage_error(error: BaseException) -> bool:

@@ -19,14 +19,11 @@ on the seed, its split, its index and the frame size, never on the number of vid
 
 from __future__ import annotations
 
-import contextlib
-import hashlib
 import json
 import math
 import os
 import shutil
 import tempfile
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -35,6 +32,7 @@ import numpy as np
 from tqdm import tqdm
 
 from data.labels import write_ano_pred_mat
+from utils import exclusive_lock
 
 DEMO_NAME = "demo"
 COMPLETE_MARKER = ".complete"
@@ -465,7 +463,7 @@ def ensure_demo_dataset(
     dataset_path.mkdir(parents=True, exist_ok=True)
     # One process generates while others starting at the same time (torchrun, two
     # quickstarts) wait for it, then find the finished copy.
-    with _exclusive(_lock_path(demo_dir)):
+    with exclusive_lock(demo_dir):
         if _is_complete(demo_dir, params):
             return demo_dir
         staging = Path(tempfile.mkdtemp(prefix=f".{DEMO_NAME}-", dir=dataset_path))
@@ -476,30 +474,6 @@ def ensure_demo_dataset(
         finally:
             shutil.rmtree(staging, ignore_errors=True)
     return demo_dir
-
-
-def _lock_path(demo_dir: Path) -> Path:
-    """A lock file for ``demo_dir`` in the system's temporary folder (kept out of the
-    dataset folder, which should hold only the dataset)."""
-    key = hashlib.sha256(str(demo_dir.resolve()).encode()).hexdigest()[:16]
-    return Path(tempfile.gettempdir()) / f"lgn-demo-{key}.lock"
-
-
-@contextlib.contextmanager
-def _exclusive(lock_path: Path) -> Iterator[None]:
-    """Hold an exclusive lock on ``lock_path`` (POSIX ``flock``; elsewhere no lock, and
-    :func:`_install` still never replaces a complete copy made with the same parameters)."""
-    try:
-        import fcntl
-    except ImportError:
-        yield
-        return
-    with open(lock_path, "a") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
 
 
 def _install(staging: Path, demo_dir: Path, params: dict) -> None:

@@ -9,6 +9,7 @@ batches equal the DataLoader's bit for bit.
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Iterator, Sequence
 
 import numpy as np
@@ -50,6 +51,16 @@ class DeviceWindows:
         """The windows of ``dataset``, in its order."""
         videos = [dataset.video_frames(i) for i in range(len(dataset.videos))]
         return cls(videos, dataset.windows, dataset.t_length, device)
+
+    @classmethod
+    def if_they_fit(cls, dataset: FrameWindowDataset, device: torch.device) -> DeviceWindows | None:
+        """The windows of ``dataset`` on a CUDA ``device`` when its frames take at most a
+        quarter of the free GPU memory, else None (a DataLoader then serves them)."""
+        free, _ = torch.cuda.mem_get_info(device)
+        if frames_nbytes(dataset) > free // 4:
+            print("training frames too large for the GPU: DataLoader", file=sys.stderr)
+            return None
+        return cls.of(dataset, device)
 
     def batch(self, window_indices: Sequence[int]) -> torch.Tensor:
         """Windows ``(B, t_length*3, H, W)`` float32 in [-1, 1], as the dataset's items."""

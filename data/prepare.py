@@ -21,15 +21,11 @@ end, so a failure never leaves a half-prepared data set where a good one was.
 from __future__ import annotations
 
 import argparse
-import gzip
 import os
 import shutil
 import sys
-import tarfile
 import tempfile
 import urllib.parse
-import zipfile
-import zlib
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -38,7 +34,7 @@ import cv2
 import numpy as np
 from tqdm import tqdm
 
-from data.download import download_file, file_sha256
+from data.download import ARCHIVE_SUFFIXES, download_file, extract_archive, file_sha256, is_archive
 from data.frames import find_split_dir, list_videos, natural_sort_key
 from data.labels import load_frame_labels, write_ano_pred_mat
 from utils import InputError
@@ -66,7 +62,6 @@ OFFICIAL_DOWNLOADS: dict[str, tuple[Download, ...]] = {
 }
 SHANGHAI_PAGE = "https://svip-lab.github.io/dataset/campus_dataset.html"
 DATASETS = tuple(OFFICIAL_DOWNLOADS)
-ARCHIVE_SUFFIXES = (".tar.gz", ".tgz", ".tar", ".zip")
 # How deep below a --source folder the expected layout is looked for.
 SEARCH_DEPTH = 4
 
@@ -120,42 +115,14 @@ def _layout_error(dataset: str, roots: Sequence[Path], expected: str) -> InputEr
     return InputError(f"{shown} does not look like the {dataset} source: expected {expected}")
 
 
-def _is_archive(path: Path) -> bool:
-    return path.name.lower().endswith(ARCHIVE_SUFFIXES)
-
-
-def _extract(archive: Path, into: Path, progress: bool) -> None:
-    """Unpack a tar (any compression) or zip archive; member paths may not leave ``into``."""
-    into.mkdir(parents=True)
-    try:
-        if archive.name.lower().endswith(".zip"):
-            with zipfile.ZipFile(archive) as handle:
-                # ZipFile.extract strips absolute paths and "..", so members stay inside.
-                for member in tqdm(
-                    handle.infolist(), desc=f"extracting {archive.name}", disable=not progress
-                ):
-                    handle.extract(member, into)
-        else:
-            with tarfile.open(archive) as handle:
-                # Iterating the archive lazily extracts each member right after its header,
-                # so a compressed tarball is decompressed once.
-                members = tqdm(handle, desc=f"extracting {archive.name}", disable=not progress)
-                handle.extractall(into, members=members, filter="data")
-    except (tarfile.TarError, zipfile.BadZipFile, gzip.BadGzipFile, zlib.error, EOFError) as error:
-        raise InputError(
-            f"cannot unpack {archive} ({error}); the archive is damaged or incomplete: "
-            "delete it and download it again"
-        ) from error
-
-
 def _inputs(sources: Sequence[Path], scratch: Path, progress: bool) -> list[Path]:
     """Folders to look for the data set in: extracted archives and source folders as given."""
     roots = []
     for index, source in enumerate(sources):
         if source.is_dir():
             roots.append(source)
-        elif source.is_file() and _is_archive(source):
-            _extract(source, scratch / str(index), progress)
+        elif source.is_file() and is_archive(source):
+            extract_archive(source, scratch / str(index), progress)
             roots.append(scratch / str(index))
         elif source.exists():
             raise InputError(
@@ -509,6 +476,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except InputError as error:
         print(f"error: {error}", file=sys.stderr)
         raise SystemExit(2) from None
+    except KeyboardInterrupt:
+        print("\ninterrupted: nothing was installed; run again to resume", file=sys.stderr)
+        raise SystemExit(130) from None
     print(_summary(dataset_dir))
     return 0
 

@@ -166,6 +166,17 @@ def calibrate(
     )
 
 
+def describe_calibration(calibration: dict[str, Any]) -> str:
+    """One line: the frames it was measured on, the statistics and the threshold."""
+    return (
+        f"calibrated on {calibration['frames']} frames of {calibration['videos']} videos: "
+        f"PSNR {calibration['psnr_mean']:.2f} ± {calibration['psnr_std']:.2f} dB, feature "
+        f"distance {calibration['distance_mean']:.4g} ± {calibration['distance_std']:.2g}; "
+        f"threshold {calibration['threshold']:.3f} at a {calibration['false_alarm_rate']:.2%} "
+        "false-alarm rate"
+    )
+
+
 def save_calibration(
     checkpoint: dict[str, Any], calibration: dict[str, Any], path: str | os.PathLike
 ) -> None:

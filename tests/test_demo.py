@@ -123,3 +123,30 @@ def test_default_size_meets_the_quickstart_budget(tmp_path):
     for video in test:
         assert 0.3 <= labels[video.name].mean() <= 0.5, video.name
         assert 0 < labels[video.name][4:].sum() < len(video) - 4
+
+
+def _generate_and_read_everything(root: str) -> int:
+    """In a separate process: what each torchrun process does first with the demo data."""
+    from data.frames import decode_frame
+
+    demo_dir = ensure_demo_dataset(Path(root), **SMALL)
+    frames = 0
+    for split in ("training", "testing"):
+        for video in list_videos(find_split_dir(demo_dir, split)):
+            for path in video.frame_paths:
+                decode_frame(path, 32, 48)
+                frames += 1
+    return frames
+
+
+def test_processes_starting_together_generate_the_scene_once(tmp_path):
+    """Several processes (torchrun, two quickstarts) asking for the scene at the same time:
+    one generates it while the others wait, and all of them read every frame intact."""
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
+
+    context = multiprocessing.get_context("spawn")
+    with ProcessPoolExecutor(max_workers=3, mp_context=context) as pool:
+        counts = list(pool.map(_generate_and_read_everything, [str(tmp_path)] * 3))
+    assert len(set(counts)) == 1 and counts[0] > 0
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["demo"]

@@ -16,7 +16,7 @@ import numpy as np
 import torch
 
 from model import LGNNet
-from model.checkpoint import load_memory_items
+from model.checkpoint import load_memory_items, load_model_weights
 from training import distributed
 from utils import InputError, atomic_write
 
@@ -167,7 +167,12 @@ def resumed_scheduler(
     return scheduler
 
 
-def load_resume_state(args: argparse.Namespace, run_dir: Path) -> dict[str, Any] | None:
+def load_resume_state(
+    args: argparse.Namespace, run_dir: Path, world_size: int = 1
+) -> dict[str, Any] | None:
+    """The checkpoint ``--resume`` names (None without ``--resume``, or when the run's own
+    does not exist yet), checked to be train.py's, to fit the model's memory size, to leave
+    epochs to train, and (saved mid-epoch) to come from ``world_size`` processes."""
     if args.resume is None:
         return None
     path = run_dir / "checkpoint.pth" if args.resume == "auto" else Path(args.resume)
@@ -190,9 +195,43 @@ def load_resume_state(args: argparse.Namespace, run_dir: Path) -> dict[str, Any]
             f"{', '.join(map(repr, missing))}); resume from a run's checkpoint.pth "
             "(model.pth and keys.pt hold weights only)"
         )
+    if (state["epoch"], state["step"]) >= (args.epochs, 0):
+        raise InputError(
+            f"{path} has already trained {state['epoch']} epochs, so --epochs "
+            f"{args.epochs} leaves nothing to do; give a larger --epochs to train on"
+        )
+    if state["step"] and state.get("world_size", 1) != world_size:
+        raise InputError(
+            f"{path} was saved mid-epoch by {state.get('world_size', 1)} processes, "
+            f"this run has {world_size}; resume it with as many processes"
+        )
+    state["path"] = str(path)
     # Items of another --msize/--mdim would otherwise train on silently with the wrong size.
     state["items"] = load_memory_items(
         state["items"], args.msize, args.mdim, source=str(path),
         hint="give the --msize and --mdim the run was trained with",
     )  # fmt: skip
     return state
+
+
+def restore_run_state(
+    state: dict[str, Any],
+    model: LGNNet,
+    optimizer: torch.optim.Optimizer,
+    epochs: int,
+    fused: bool = False,
+) -> tuple[torch.Tensor, torch.optim.lr_scheduler.CosineAnnealingLR]:
+    """Load a :func:`load_resume_state` checkpoint into ``model`` and ``optimizer`` and this
+    process's RNGs; returns the memory items (on the model's device) and the scheduler of a
+    run of ``epochs`` epochs at the checkpoint's epoch (:func:`resumed_scheduler`)."""
+    load_model_weights(model, state["model"], source=state["path"])
+    optimizer.load_state_dict(state["optimizer"])
+    for group in optimizer.param_groups:  # this run's implementation, not the saved run's
+        group["fused"], group["foreach"] = (fused or None), None
+    scheduler = resumed_scheduler(optimizer, state["scheduler"], epochs, state["epoch"])
+    # Checkpoints before multi-process support hold rank 0's state only.
+    rng_by_rank = state.get("rng_by_rank", [state["rng"]])
+    if distributed.rank() < len(rng_by_rank):
+        set_rng_state(rng_by_rank[distributed.rank()])
+    device = next(model.parameters()).device
+    return state["items"].to(device), scheduler
