@@ -39,7 +39,9 @@ Examples::
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
+import io
 import itertools
 import json
 import math
@@ -175,11 +177,12 @@ def measure_train(config: Config, device: torch.device) -> list[float]:
             continue
         synchronize(device)
         start = time.perf_counter()
-        items, _, _ = train_one_epoch(
-            runner, loader(count), items, optimizer, device,
-            loss_compact=LOSS_COMPACT, loss_separate=LOSS_SEPARATE, dtype=dtype, scaler=scaler,
-            sync_every=25 if config.fast else 1,
-        )  # fmt: skip
+        with contextlib.redirect_stderr(io.StringIO()):  # the epoch's progress bar
+            items, _, _ = train_one_epoch(
+                runner, loader(count), items, optimizer, device,
+                loss_compact=LOSS_COMPACT, loss_separate=LOSS_SEPARATE, dtype=dtype,
+                scaler=scaler, sync_every=25 if config.fast else 1,
+            )  # fmt: skip
         synchronize(device)
         if index > 0:
             per_step.append((time.perf_counter() - start) / count)
