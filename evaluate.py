@@ -164,7 +164,7 @@ def describe_run(
     saved = loaded.checkpoint
     trained = ""
     if loaded.path is not None and "epoch" in saved:
-        trained = f", trained {saved['epoch']} epochs"
+        trained = f", trained {saved['epoch']} epoch{'s' if saved['epoch'] != 1 else ''}"
         if saved.get("step"):
             trained += (
                 f" and {saved['step']} steps of epoch {saved['epoch'] + 1} (saved mid-epoch, "

@@ -392,6 +392,12 @@ def prepare(
         raise InputError(f"unknown dataset {dataset!r}; choose one of {', '.join(DATASETS)}")
     root = Path(root)
     target = root / dataset
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        raise InputError(
+            f"--root {root} cannot hold the data set ({error.strerror}); give a writable folder"
+        ) from None
     sources = [Path(s) for s in sources or ()]
     for source in sources:
         resolved = source.resolve()

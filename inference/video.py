@@ -3,6 +3,7 @@ work batched, the memory read, decoding and test-time updates frame by frame."""
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Callable
 from typing import NamedTuple
 
@@ -33,7 +34,9 @@ class QualityMetric:
             try:
                 import lpips
 
-                self._lpips = lpips.LPIPS(net="alex", verbose=False).to(device).eval()
+                with warnings.catch_warnings():  # torchvision's notes on lpips's old API
+                    warnings.simplefilter("ignore", UserWarning)
+                    self._lpips = lpips.LPIPS(net="alex", verbose=False).to(device).eval()
             except Exception as error:  # weights download on first use
                 raise InputError(
                     f"--error_metric lpips needs the lpips package and its AlexNet weights "

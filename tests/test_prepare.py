@@ -435,3 +435,10 @@ def test_cli_prints_one_line_and_exits_nonzero(tmp_path, capsys):
     lines = captured.err.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error: ") and "--source" in lines[0]
     assert "Traceback" not in captured.err and captured.out == ""
+
+
+def test_a_file_as_root_is_named(tmp_path):
+    blocker = tmp_path / "file"
+    blocker.write_text("")
+    with pytest.raises(InputError, match=r"--root .*file cannot hold the data set"):
+        prep.prepare("ped2", blocker, [tmp_path / "missing.tgz"], progress=False)
