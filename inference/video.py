@@ -71,6 +71,7 @@ class ScoringFunctions(NamedTuple):
 
     encode: Callable[[torch.Tensor], Encoded]
     step: Callable[..., DeviceStep]
+    full_batches: bool = False  # pad a video's last, shorter batch: one shape, one compilation
 
 
 def eager_scoring_functions(model: LGNNet) -> ScoringFunctions:
@@ -78,10 +79,11 @@ def eager_scoring_functions(model: LGNNet) -> ScoringFunctions:
 
 
 def compiled_scoring_functions(model: LGNNet) -> ScoringFunctions:
-    """``torch.compile`` of the encoder and of the per-frame step (static shapes: one
-    compilation per batch size, plus one for a video's last, shorter batch)."""
+    """``torch.compile`` of the encoder and of the per-frame step, for static shapes: every
+    encoded batch is padded to the full batch size (the padding windows' outputs are
+    dropped; in eval mode each window's encoding is independent of the others)."""
     return ScoringFunctions(
-        torch.compile(model.encode, dynamic=False), torch.compile(frame_step, dynamic=False)
+        torch.compile(model.encode, dynamic=False), torch.compile(frame_step, dynamic=False), True
     )
 
 
@@ -121,8 +123,12 @@ def evaluate_video(
     device = frames.device
     for start in range(0, num_windows, batch_size):
         stop = min(start + batch_size, num_windows)
+        windows = video_windows(frames, start, stop, t_length)
+        if functions.full_batches and len(windows) < batch_size:
+            padding = windows[-1:].expand(batch_size - len(windows), *windows.shape[1:])
+            windows = torch.cat([windows, padding])
         with autocast(device, dtype):
-            encoded = functions.encode(video_windows(frames, start, stop, t_length))
+            encoded = functions.encode(windows)
         for offset in range(stop - start):
             target = frames[start + offset + t_length - 1].unsqueeze(0)
             single = Encoded(*(part[offset : offset + 1] for part in encoded))
