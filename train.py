@@ -48,6 +48,7 @@ from utils import (
     InputError,
     argument_parser,
     finite_number,
+    precision_name,
     resolve_device,
     resolve_precision,
     run_cli,
@@ -240,7 +241,7 @@ def train_this_process(args: argparse.Namespace, device: torch.device) -> Path:
         processes = f", {world_size} processes" if world_size > 1 else ""
         print(
             f"training on {len(dataset)} windows from {len(dataset.videos)} videos, "
-            f"{args.h}x{args.w}, device {device}{processes}, precision {dtype or 'fp32'} "
+            f"{args.h}x{args.w}, device {device}{processes}, precision {precision_name(dtype)} "
             f"-> {run_dir}",
             file=sys.stderr,
         )

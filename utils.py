@@ -216,6 +216,11 @@ def resolve_precision(precision: str, device: torch.device) -> torch.dtype | Non
     return None
 
 
+def precision_name(dtype: torch.dtype | None) -> str:
+    """``fp32``, ``bfloat16`` or ``float16``: how reports name an autocast dtype."""
+    return str(dtype or "fp32").replace("torch.", "")
+
+
 def autocast(device: torch.device, dtype: torch.dtype | None) -> contextlib.AbstractContextManager:
     """An autocast region for ``dtype``, or a no-op for fp32."""
     if dtype is None:
