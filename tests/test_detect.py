@@ -442,3 +442,31 @@ def test_stream_ending_before_one_window_writes_empty_outputs_and_exits_2(
     assert "fewer than the 3 needed" in stderr and "no frame of" in stderr
     assert csv_path.read_text().splitlines() == [",".join(detection.CSV_FIELDS)]
     assert json.loads(events.read_text()) == []
+
+
+def test_ctrl_c_keeps_the_outputs_so_far_and_exits_130(
+    tmp_path, tiny_checkpoint, monkeypatch, capsys
+):
+    import inference.detection
+
+    checkpoint = torch.load(tiny_checkpoint, weights_only=False)
+    checkpoint["calibration"] = calib.calibration_from_scores([20.0, 21.0], [0.1, 0.2])
+    calibrated = tmp_path / "calibrated.pth"
+    torch.save(checkpoint, calibrated)
+    clip = write_video(tmp_path / "clip.avi", scene(8, 1, size=16))
+    real = inference.detection.iter_scores
+
+    def interrupted_after_four(*args, **kwargs):
+        for index, item in enumerate(real(*args, **kwargs)):
+            if index == 4:
+                raise KeyboardInterrupt
+            yield item
+
+    monkeypatch.setattr(inference.detection, "iter_scores", interrupted_after_four)
+    csv_path = tmp_path / "s.csv"
+    argv = ["--checkpoint", calibrated, "--input", clip, "--csv", csv_path, *FP32]
+    with pytest.raises(SystemExit) as exited:
+        run_cli(detect.main, detect.get_args_parser().parse_args([str(a) for a in argv]))
+    assert exited.value.code == 130
+    assert capsys.readouterr().err.strip().splitlines()[-1].startswith("interrupted: the outputs")
+    assert len(csv_path.read_text().splitlines()) == 1 + 2  # header, frames 2 and 3
