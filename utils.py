@@ -113,11 +113,19 @@ def _is_storage_error(error: BaseException) -> bool:
     )
 
 
-def _nearest_existing_folder(path: Path) -> Path:
-    for candidate in (path, *path.parents):
-        if candidate.exists():
-            return candidate
-    return Path(".")
+def check_creatable_folder(folder: str | os.PathLike, what: str, fix: str) -> None:
+    """Raise InputError unless ``folder`` exists or could be created, and could be written
+    to: the nearest existing folder above it is a folder and accepts a file. Creates nothing.
+    ``what`` names the culprit in the message (e.g. ``--plot_dir``), ``fix`` says what to do."""
+    folder = Path(folder)
+    existing = next((p for p in (folder, *folder.parents) if p.exists()), Path("."))
+    if not existing.is_dir():
+        raise InputError(f"{what} {folder}: {existing} is a file, not a folder; {fix}")
+    try:
+        with tempfile.TemporaryFile(dir=existing):
+            pass
+    except OSError as error:
+        raise InputError(f"{what}: cannot write to {existing} ({error.strerror}); {fix}") from None
 
 
 def check_writable_outputs(
@@ -151,16 +159,7 @@ def check_writable_outputs(
             raise InputError(f"{flag} {target} is a folder; give a file name")
         if is_folder and target.exists() and not target.is_dir():
             raise InputError(f"{flag} {target} is a file; give a folder")
-        existing = _nearest_existing_folder(target if is_folder else target.parent)
-        if not existing.is_dir():
-            raise InputError(f"{flag} {target}: {existing} is a file, not a folder")
-        try:
-            with tempfile.TemporaryFile(dir=existing):
-                pass
-        except OSError as error:
-            raise InputError(
-                f"{flag}: cannot write to {existing} ({error.strerror}); choose another path"
-            ) from None
+        check_creatable_folder(target if is_folder else target.parent, flag, "choose another path")
 
 
 # --------------------------------------------------------------------------- devices

@@ -15,7 +15,6 @@ checkpoint holds a calibration (``detect.py --calibrate`` or ``train.py --calibr
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -123,10 +122,6 @@ class Scorer:
         if len(sources) != 1:
             raise InputError(f"{video} holds {len(sources)} videos; score them one at a time")
         return sources[0]
-
-    def frames(self, video: str | os.PathLike) -> Iterator[np.ndarray]:
-        """The BGR frames of ``video`` as scored (before resizing), for display."""
-        return self._source(video).frames()
 
 
 def load_scorer(

@@ -25,7 +25,8 @@ class VideoScores(NamedTuple):
 
 
 class QualityMetric:
-    """Optional image-quality measures beside PSNR (higher = more normal)."""
+    """Optional image-quality measures in place of PSNR (higher = more normal). With
+    ``metric="psnr"`` it is never called: :func:`evaluate_video` keeps the PSNR it computes."""
 
     def __init__(self, metric: str, device: torch.device) -> None:
         self.metric = metric
@@ -44,9 +45,8 @@ class QualityMetric:
                     "once, or use --error_metric psnr"
                 ) from None
 
-    def __call__(self, prediction: torch.Tensor, target: torch.Tensor, psnr: float) -> float:
-        if self.metric == "psnr":
-            return psnr
+    def __call__(self, prediction: torch.Tensor, target: torch.Tensor) -> float:
+        """The score of a predicted frame ``(1, c, H, W)`` against the true one, in [-1, 1]."""
         if self.metric == "ssim":
             from skimage.metrics import structural_similarity
 
@@ -139,10 +139,9 @@ def evaluate_video(
             if sync_each_frame:
                 values[-1] = values[-1].cpu()
             if metric is not None and metric.metric != "psnr":
-                frame_scores.append(metric(step.prediction, target, 0.0))
-    table = torch.stack([v.to(device) for v in values]).double().cpu().numpy() if values else None
-    if table is None:
-        table = np.zeros((0, 3))
+                frame_scores.append(metric(step.prediction, target))
+    # One read-back per video (the values are already on the host with sync_each_frame).
+    table = torch.stack(values).double().cpu().numpy() if values else np.zeros((0, 3))
     psnrs = np.array([psnr_from_mse(mse) for mse in table[:, 0]])
     return VideoScores(
         psnrs,

@@ -388,7 +388,8 @@ def load_for_inference(
     for flag, value in (("--h", height), ("--w", width)):
         if value <= 0 or value % 8:
             raise InputError(f"{flag} {value} must be a positive multiple of 8")
-    model = LGNNet(channels=channels, t_length=t_length, msize=msize, fdim=dim, mdim=dim)
+    layers = {key: inferred[key] for key in ("hidden", "num_layers") if key in inferred}
+    model = LGNNet(channels=channels, t_length=t_length, msize=msize, fdim=dim, mdim=dim, **layers)
     load_model_weights(model, state_dict, source=source)
     items = load_memory_items(raw_items, msize, dim, source=items_source)
     if path is None:  # what detect.py's calibration stores beside reference weights
@@ -403,12 +404,16 @@ def load_for_inference(
 
 
 def _read_weights_file(path: str | os.PathLike, flag: str) -> Any:
-    """``torch.load`` of a weights or items file; a missing or unreadable one names ``flag``."""
+    """``torch.load`` of a weights or items file; a missing or unreadable one names ``flag``.
+    A whole pickled network of a class that cannot be imported (the reference release's
+    ``torch.save(model)``) is read as in :func:`load_reference_checkpoint`."""
     if not Path(path).is_file():
         what = "is a folder" if Path(path).is_dir() else "does not exist"
         raise InputError(f"{flag} {path} {what}; give the file's path")
     try:
-        return torch.load(path, map_location="cpu", weights_only=False)
+        return torch.load(
+            path, map_location="cpu", weights_only=False, pickle_module=_tolerant_pickle
+        )
     except Exception as error:  # truncated, empty or not written by torch.save
         raise InputError(
             f"cannot read the {flag} file {path} ({type(error).__name__}); it may be damaged "

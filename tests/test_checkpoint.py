@@ -13,7 +13,12 @@ import torch.nn.functional as F
 from torch import nn
 
 from model import LGNNet, init_memory_items
-from model.checkpoint import load_memory_items, load_model_weights, load_reference_checkpoint
+from model.checkpoint import (
+    load_for_inference,
+    load_memory_items,
+    load_model_weights,
+    load_reference_checkpoint,
+)
 from utils import InputError
 
 HIDDEN = 128
@@ -318,6 +323,10 @@ def test_pickled_whole_model_of_an_unknown_class_loads(tmp_path: Path) -> None:
 
     model, _ = load_reference_checkpoint(tmp_path / "model.pth", tmp_path / "keys.pt")
     for name, value in model.state_dict().items():
+        assert torch.equal(value, source.state_dict()[name]), name
+    # evaluate.py / detect.py --model_dir read it the same way (sizes from the tensors).
+    loaded = load_for_inference(model_dir=tmp_path / "model.pth", m_items_dir=tmp_path / "keys.pt")
+    for name, value in loaded.model.state_dict().items():
         assert torch.equal(value, source.state_dict()[name]), name
 
     with pytest.raises(InputError, match="weights_only"):

@@ -165,26 +165,23 @@ class StepModel:
         self.trusted = not compile
 
     def step(
-        self,
-        windows: torch.Tensor,
-        items: torch.Tensor,
-        optimizer: torch.optim.Optimizer,
-        settings: StepSettings,
-        check: bool,
-        where: tuple[int, int],
-    ) -> tuple[torch.Tensor, torch.Tensor, Any]:
-        """One optimisation step; returns ``(loss, the 4 losses as float64, model output)``."""
+        self, windows: torch.Tensor, items: torch.Tensor, optimizer: torch.optim.Optimizer,
+        *rest: Any,
+    ) -> tuple[torch.Tensor, torch.Tensor, Any]:  # fmt: skip
+        """One optimisation step (the rest of :func:`_train_step`'s arguments: settings,
+        check, where); returns ``(loss, the 4 losses as float64, model output)``."""
+        args = (windows, items, optimizer, *rest)
         if self.trusted:
-            return _train_step(self.current, windows, items, optimizer, settings, check, where)
+            return _train_step(self.current, *args)
         buffers = {name: b.detach().clone() for name, b in self.eager.named_buffers()}
         try:
-            result = _train_step(self.current, windows, items, optimizer, settings, check, where)
+            result = _train_step(self.current, *args)
         except (InputError, KeyboardInterrupt):
             raise
         except Exception as error:  # any failure of the compiler on its first use
+            reason = str(error).strip().splitlines()[0][:200] if str(error).strip() else ""
             print(
-                f"warning: torch.compile failed ({type(error).__name__}: "
-                f"{str(error).strip().splitlines()[0][:200] if str(error).strip() else ''}); "
+                f"warning: torch.compile failed ({type(error).__name__}: {reason}); "
                 "training without compilation",
                 file=sys.stderr,
             )
@@ -193,7 +190,7 @@ class StepModel:
                     buffer.copy_(buffers[name])
             optimizer.zero_grad(set_to_none=True)
             self.current = self.eager
-            result = _train_step(self.current, windows, items, optimizer, settings, check, where)
+            result = _train_step(self.current, *args)
         self.trusted = True
         return result
 

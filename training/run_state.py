@@ -7,7 +7,6 @@ import argparse
 import json
 import random
 import sys
-import tempfile
 import warnings
 from pathlib import Path
 from typing import Any
@@ -18,7 +17,7 @@ import torch
 from model import LGNNet
 from model.checkpoint import load_memory_items, load_model_weights
 from training import distributed
-from utils import InputError, atomic_write
+from utils import InputError, atomic_write, check_creatable_folder
 
 # What save_run_state writes and --resume reads back.
 RESUME_ENTRIES = ("model", "items", "optimizer", "scheduler", "epoch", "step", "rng")
@@ -126,20 +125,7 @@ def check_run_dir(args: argparse.Namespace) -> Path:
             f"{run_dir} already holds a run ({', '.join(existing)}); continue it with --resume, "
             "replace it with --overwrite, or choose another --exp_dir"
         )
-    folder = next(p for p in (run_dir, *run_dir.parents) if p.exists() or p == Path("."))
-    if not folder.is_dir():
-        raise InputError(
-            f"cannot create the run folder {run_dir}: {folder} is a file; choose another "
-            "--output_root/--exp_dir"
-        )
-    try:
-        with tempfile.TemporaryFile(dir=folder):
-            pass
-    except OSError as error:
-        raise InputError(
-            f"cannot write to the output folder {folder} ({error.strerror}); "
-            "choose another with --output_root/--exp_dir"
-        ) from None
+    check_creatable_folder(run_dir, "the run folder", "choose another --output_root/--exp_dir")
     return run_dir
 
 
