@@ -1,13 +1,13 @@
-"""Evaluate a trained LGN-Net on a benchmark's test videos: frame-level AUC (SPEC protocol).
+"""Evaluate a trained LGN-Net on a benchmark's test videos: frame-level AUC.
 
 Example::
 
     python evaluate.py --dataset_type ped2 --checkpoint exp/ped2/log/checkpoint.pth
     python evaluate.py --dataset_type ped2 --model_dir model.pth --m_items_dir keys.pt
 
-Protocol: videos in order, windows in order, test-time memory update when a frame's point
-score is below gamma, per-video min-max normalisation, the first t_length-1 frames of every
-video dropped, frame AUC pooled over all videos.
+Protocol (the reference release's): videos in order, windows in order, test-time memory
+update when a frame's point score is below gamma, per-video min-max normalisation, the first
+t_length-1 frames of every video dropped, frame AUC pooled over all videos.
 """
 
 from __future__ import annotations
@@ -22,6 +22,25 @@ from typing import Any
 import torch
 from tqdm import tqdm
 
+from common.cli import (
+    add_fast_path_flag,
+    add_frame_size_flags,
+    add_memory_update_flags,
+    add_report_flag,
+    add_run_flags,
+    add_scores_flag,
+    add_weights_flags,
+    argument_parser,
+    at_least,
+    finite_number,
+    fraction,
+    run_cli,
+    typed_flag,
+)
+from common.devices import precision_name, resolve_device, resolve_precision
+from common.errors import InputError
+from common.files import write_text
+from common.outputs import check_outputs
 from data.datasets import DATASET_TYPES, dataset_dir_for
 from data.frames import FrameCache, FrameWindowDataset, find_split_dir, list_videos
 from data.labels import load_frame_labels, locate_labels
@@ -33,19 +52,11 @@ from inference.benchmark import (
     score_test_videos,
     write_scores_csv,
 )
-from inference.test_time import DEFAULT_GAMMA, DEFAULT_LAMBDA
+from inference.config import EVAL_BATCH_SIZE, EVAL_BATCH_SIZE_FAST, GAMMA, LAMBDA
 from inference.video import QualityMetric, compiled_scoring_functions
 from model.checkpoint import LoadedModel, load_for_inference
-from utils import (
-    InputError,
-    argument_parser,
-    atomic_write,
-    check_writable_outputs,
-    finite_number,
-    resolve_device,
-    resolve_precision,
-    run_cli,
-)
+from model.config import check_frame_size
+from model.pretrained import local_path, resolve_checkpoint
 
 
 def get_args_parser() -> argparse.ArgumentParser:
@@ -57,8 +68,7 @@ def get_args_parser() -> argparse.ArgumentParser:
     data.add_argument("--dataset_path", default="./datasets", help="folder holding <dataset_type>/")
     data.add_argument("--label_path", default=None, help="label file or folder (default: found)")
     data.add_argument("--cache_dir", default=None, help="keep decoded, resized frames here")
-    data.add_argument("--h", type=int, default=None, help="frame height (default: as trained)")
-    data.add_argument("--w", type=int, default=None, help="frame width (default: as trained)")
+    add_frame_size_flags(data, None)
     data.add_argument("--c", type=int, default=None, help="channels per frame (default: found)")
     data.add_argument(
         "--t_length", type=int, default=None, help="frames per window (default: found)"
@@ -67,11 +77,7 @@ def get_args_parser() -> argparse.ArgumentParser:
     weights = parser.add_argument_group(
         "weights (give --checkpoint, or --model_dir with --m_items_dir)"
     )
-    weights.add_argument(
-        "--checkpoint", default=None, help="our checkpoint.pth: a path, URL or published name"
-    )
-    weights.add_argument("--model_dir", default=None, help="reference layout: state_dict file")
-    weights.add_argument("--m_items_dir", default=None, help="reference layout: memory items file")
+    add_weights_flags(weights)
     weights.add_argument("--msize", type=int, default=None, help="memory items (default: found)")
 
     scoring = parser.add_argument_group("scoring")
@@ -79,18 +85,16 @@ def get_args_parser() -> argparse.ArgumentParser:
         "--lambda",
         dest="lambda_",
         type=float,
-        default=DEFAULT_LAMBDA,
+        default=LAMBDA,
         help="weight of the frame error score against the memory distance, in [0, 1]",
     )
     scoring.add_argument(
         "--gamma",
         type=float,
-        default=DEFAULT_GAMMA,
+        default=GAMMA,
         help="a frame updates the memory when its point score is below gamma",
     )
-    scoring.add_argument(
-        "--no_memory_update", action="store_true", help="disable test-time memory updates"
-    )
+    add_memory_update_flags(scoring, "on")
     scoring.add_argument(
         "--smooth", type=float, default=0.0, help="Gaussian temporal smoothing sigma, frames"
     )
@@ -102,54 +106,49 @@ def get_args_parser() -> argparse.ArgumentParser:
     )
 
     run = parser.add_argument_group("run")
-    run.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, ...")
-    run.add_argument(
-        "--precision",
-        default="auto",
-        choices=("auto", "fp32", "bf16", "fp16"),
-        help="auto: bf16 on CPUs that compute it natively and on CUDA, else fp32",
-    )
+    add_run_flags(run)
     run.add_argument(
         "--eval_batch_size",
         type=int,
         default=None,
-        help="windows encoded together (default: 32 with the CUDA fast path, else 8); the "
-        "scores equal the one-window-at-a-time protocol",
+        help=f"windows encoded together (default: {EVAL_BATCH_SIZE_FAST} with the CUDA fast "
+        f"path, else {EVAL_BATCH_SIZE}); the scores equal the one-window-at-a-time protocol up "
+        "to floating-point rounding (about 1e-6 relative in fp32; the AUC does not move)",
     )
-    run.add_argument(
-        "--fast_path",
-        default="auto",
-        choices=("auto", "off"),
-        help="auto: on CUDA, torch.compile the encoder and the per-frame step and encode 32 "
-        "windows at once; off: the plain eager path. The scores are the same either way",
-    )
-    run.add_argument("--report", default=None, help="write a JSON report here")
-    run.add_argument("--scores", default=None, help="write per-frame scores (CSV) here")
+    add_fast_path_flag(run)
+    add_report_flag(run)
+    add_scores_flag(run)
     run.add_argument("--plot_dir", default=None, help="save score curves and the ROC curve here")
-    run.add_argument("--debug", action="store_true", help="show tracebacks for input errors")
     return parser
 
 
 def validate_args(args: argparse.Namespace) -> None:
-    """Reject flag values that cannot be used, naming the flag; check the outputs can be
-    written before any work starts."""
-    finite_number("--lambda", args.lambda_)
-    if not 0.0 <= args.lambda_ <= 1.0:
-        raise InputError(f"--lambda {args.lambda_} must lie in [0, 1]")
+    """Reject flag values that cannot be used, naming the flag."""
+    if not args.checkpoint and not (args.model_dir and args.m_items_dir):
+        raise InputError("give --checkpoint, or both --model_dir and --m_items_dir")
+    fraction("--lambda", args.lambda_)
     finite_number("--gamma", args.gamma)
     finite_number("--smooth", args.smooth, minimum=0.0)
-    if args.eval_batch_size is not None and args.eval_batch_size < 1:
-        raise InputError(f"--eval_batch_size must be at least 1, got {args.eval_batch_size}")
-    for flag in ("h", "w"):
-        value = getattr(args, flag)
-        if value is not None and (value <= 0 or value % 8):
-            raise InputError(f"--{flag} {value} must be a positive multiple of 8")
+    at_least("--eval_batch_size", args.eval_batch_size, 1)
+    check_frame_size(args.h, args.w)
     for flag in ("c", "t_length", "msize"):
-        value = getattr(args, flag)
-        if value is not None and value < 1:
-            raise InputError(f"--{flag} must be positive, got {value}")
-    check_writable_outputs(
-        {"--report": args.report, "--scores": args.scores}, {"--plot_dir": args.plot_dir}
+        at_least(f"--{flag}", getattr(args, flag), 1)
+
+
+def check_run_outputs(args: argparse.Namespace) -> None:
+    """Before any work: the outputs can be written, and none lands on or in an input (the
+    weights, the labels, the dataset folder, where labels are found by default)."""
+    inputs = {
+        "--checkpoint": local_path(args.checkpoint) if args.checkpoint else None,
+        "--model_dir": args.model_dir,
+        "--m_items_dir": args.m_items_dir,
+        "--label_path": args.label_path,
+        "--dataset_path": Path(args.dataset_path) / args.dataset_type,
+    }
+    check_outputs(
+        {"--report": args.report, typed_flag(args, "scores"): args.scores},
+        {"--plot_dir": args.plot_dir, "--cache_dir": args.cache_dir},
+        inputs,
     )
 
 
@@ -163,7 +162,7 @@ def describe_run(
     """What is about to be scored, with what: one line, plus notes on surprises."""
     saved = loaded.checkpoint
     trained = ""
-    if loaded.path is not None and "epoch" in saved:
+    if loaded.path is not None and saved.get("epoch") is not None:
         trained = f", trained {saved['epoch']} epoch{'s' if saved['epoch'] != 1 else ''}"
         if saved.get("step"):
             trained += (
@@ -172,9 +171,8 @@ def describe_run(
             )
     lines = [
         f"scoring {args.dataset_type} test videos at {loaded.height}x{loaded.width} with "
-        f"{loaded.source}"
-        f"{trained}; labels {label_path}; device {device}, "
-        f"precision {str(dtype or 'fp32').replace('torch.', '')}"
+        f"{loaded.source}{trained}; labels {label_path}; device {device}, "
+        f"precision {precision_name(dtype)}"
     ]
     if loaded.path is None and (args.h is None or args.w is None):
         lines.append(
@@ -187,93 +185,100 @@ def describe_run(
 def main(args: argparse.Namespace) -> dict[str, Any]:
     """Evaluate and print the frame AUC; returns the report dictionary."""
     validate_args(args)
+    check_run_outputs(args)
     began = time.time()
     device = resolve_device(args.device)
     dtype = resolve_precision(args.precision, device)
     loaded = load_for_inference(
-        args.checkpoint, args.model_dir, args.m_items_dir,
+        resolve_checkpoint(args.checkpoint) if args.checkpoint else None,
+        args.model_dir, args.m_items_dir,
         height=args.h, width=args.w, channels=args.c, t_length=args.t_length, msize=args.msize,
         device=device,
     )  # fmt: skip
-    model, items = loaded.model, loaded.items
-    args.c, args.t_length = model.channels, model.t_length
+    dataset_dir = dataset_dir_for(args.dataset_type, Path(args.dataset_path))
+    label_path = locate_labels(
+        dataset_dir, Path(args.label_path) if args.label_path else None, args.dataset_type
+    )
+    model = loaded.model
     fast = args.fast_path == "auto" and device.type == "cuda"
     if device.type == "cuda":
         model = model.to(memory_format=torch.channels_last)
         torch.backends.cudnn.benchmark = fast
-    if args.eval_batch_size is None:
-        args.eval_batch_size = 32 if fast else 8
-    functions = compiled_scoring_functions(model) if fast else None
-
-    dataset_dir = dataset_dir_for(args.dataset_type, Path(args.dataset_path))
-    all_videos = list_videos(find_split_dir(dataset_dir, "testing"))
-    label_path = locate_labels(
-        dataset_dir, Path(args.label_path) if args.label_path else None, args.dataset_type
-    )
-    labels_by_video = load_frame_labels(dataset_dir, all_videos, label_path)
+    batch_size = args.eval_batch_size or (EVAL_BATCH_SIZE_FAST if fast else EVAL_BATCH_SIZE)
+    videos = list_videos(find_split_dir(dataset_dir, "testing"))
+    labels_by_video = load_frame_labels(dataset_dir, videos, label_path)
     print(describe_run(args, loaded, label_path, device, dtype), file=sys.stderr)
-    args.h, args.w = loaded.height, loaded.width
-    cache = FrameCache(args.h, args.w, Path(args.cache_dir) if args.cache_dir else None)
-    dataset = FrameWindowDataset(all_videos, args.h, args.w, args.t_length, cache)
-    metric = QualityMetric(args.error_metric, device)
-
+    height, width = loaded.height, loaded.width
+    cache = FrameCache(height, width, Path(args.cache_dir) if args.cache_dir else None)
+    dataset = FrameWindowDataset(videos, height, width, model.t_length, cache)
     bar = tqdm(total=len(dataset), desc="evaluating", unit="frame", dynamic_ncols=True)
 
     def advance(result: VideoResult) -> None:
         bar.update(len(result.labels))
 
+    memory_update = args.memory_update != "off"
     results, _ = score_test_videos(
-        model, items, dataset, labels_by_video,
-        gamma=args.gamma, memory_update=not args.no_memory_update, lambda_=args.lambda_,
-        smooth=args.smooth, batch_size=args.eval_batch_size, dtype=dtype, metric=metric,
-        functions=functions, on_video=advance,
+        model, loaded.items, dataset, labels_by_video,
+        gamma=args.gamma, memory_update=memory_update, lambda_=args.lambda_,
+        smooth=args.smooth, batch_size=batch_size, dtype=dtype,
+        metric=QualityMetric(args.error_metric, device),
+        functions=compiled_scoring_functions(model) if fast else None, on_video=advance,
     )  # fmt: skip
     bar.close()
     metrics = benchmark_metrics(results, args.lambda_, args.smooth)
-    memory_updates = sum(r.scores.memory_updates for r in results)
-    scored_frames = metrics["frames"]
     seconds = time.time() - began
     report = {
         "dataset": args.dataset_type,
         **{key: metrics[key] for key in ("auc", "auc_macro", "eer", "frames", "abnormal_frames")},
         "lambda": args.lambda_,
         "gamma": args.gamma,
-        "memory_update": not args.no_memory_update,
-        "memory_updates": memory_updates,
+        "memory_update": memory_update,
+        "memory_updates": sum(r.scores.memory_updates for r in results),
         "auc_components": metrics["auc_components"],
         "smooth": args.smooth,
         "error_metric": args.error_metric,
         "checkpoint": loaded.source,
-        "h": args.h,
-        "w": args.w,
+        "h": height,
+        "w": width,
         "device": str(device),
-        "precision": str(dtype or "fp32").replace("torch.", ""),
-        "eval_batch_size": args.eval_batch_size,
+        "precision": precision_name(dtype),
+        "eval_batch_size": batch_size,
         "fast_path": fast,
         "label_path": str(label_path),
         "checkpoint_epoch": loaded.checkpoint.get("epoch"),
         "checkpoint_step": loaded.checkpoint.get("step"),
         "seconds": round(seconds, 2),
-        "frames_per_second": round(scored_frames / seconds, 3),
+        "frames_per_second": round(metrics["frames"] / seconds, 3),
         "videos": metrics["videos"],
     }
+    write_outputs(args, report, results)
+    print_summary(report, len(results))
+    return report
+
+
+def write_outputs(args: argparse.Namespace, report: dict[str, Any], results: list) -> None:
+    """The report, the per-frame CSV and the plots, each only when asked for."""
     if args.report:
-        atomic_write(
-            Path(args.report), lambda p: p.write_text(json.dumps(report, indent=2, allow_nan=False))
-        )
+        write_text(args.report, json.dumps(report, indent=2, allow_nan=False))
     if args.scores:
         write_scores_csv(Path(args.scores), score_rows(results))
     if args.plot_dir:
         save_plots(Path(args.plot_dir), results)
+
+
+def print_summary(report: dict[str, Any], videos: int) -> None:
+    """Speed and single-branch AUCs on stderr; the frame AUC on stdout."""
+    frames, seconds = report["frames"], report["seconds"]
     print(
-        f"{scored_frames} frames of {len(results)} videos in {seconds:.1f}s "
-        f"({scored_frames / seconds:.2f} frames/s)",
+        f"{frames} frames of {videos} videos in {seconds:.1f}s ({frames / seconds:.2f} frames/s)",
         file=sys.stderr,
     )
     components = ", ".join(f"{k} {100 * v:.2f} %" for k, v in report["auc_components"].items())
-    print(f"single branches: {components}; memory updates: {memory_updates}", file=sys.stderr)
+    print(
+        f"single branches: {components}; memory updates: {report['memory_updates']}",
+        file=sys.stderr,
+    )
     print(f"Frame AUC: {100 * report['auc']:.2f} %")
-    return report
 
 
 if __name__ == "__main__":

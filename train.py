@@ -3,6 +3,7 @@
 Example::
 
     python train.py --dataset_type ped2 --dataset_path ./datasets --exp_dir log
+    python train.py --config ped2_cpu --dataset_path ./datasets   # a named configuration
 
 Writes ``exp/<dataset_type>/<exp_dir>/``: ``model.pth`` and ``keys.pt`` (reference layout),
 ``checkpoint.pth`` (everything ``--resume`` needs), ``config.json`` and ``log.jsonl``.
@@ -18,19 +19,32 @@ from __future__ import annotations
 import argparse
 import sys
 import time
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import NoReturn
 
 import torch
 from torch.utils.data import DataLoader
 
+from common.cli import (
+    add_fast_path_flag,
+    add_frame_size_flags,
+    add_run_flags,
+    argument_parser,
+    at_least,
+    finite_number,
+    run_cli,
+)
+from common.devices import resolve_device
+from common.errors import InputError
 from data.datasets import DATASET_TYPES, dataset_dir_for
 from data.device_frames import DeviceWindows
 from data.frames import FrameCache, FrameWindowDataset, find_split_dir, list_videos
-from model import LGNNet, init_memory_items
+from model.config import ModelConfig, check_frame_size
 from training import distributed
+from training.config import NAMED_CONFIGS, TrainConfig
 from training.loop import (
-    StepModel,
+    EpochPosition,
     StopRequested,
     check_processes_in_sync,
     epoch_batches,
@@ -40,50 +54,66 @@ from training.run_state import (
     append_log,
     check_run_dir,
     load_resume_state,
-    restore_run_state,
     save_run_state,
-    seed_everything,
 )
-from utils import (
-    InputError,
-    argument_parser,
-    finite_number,
-    precision_name,
-    resolve_device,
-    resolve_precision,
-    run_cli,
-)
+from training.setup import TrainingSetup, check_devices, prepare_training
+
+DEFAULTS = TrainConfig()
+# How messages name the network's sizes: by their flags.
+MODEL_FLAGS = {
+    "channels": "--c",
+    **{name: f"--{name}" for name in ("t_length", "msize", "fdim", "mdim")},
+}
 
 
 def get_args_parser() -> argparse.ArgumentParser:
     parser = argument_parser("train.py", "Train LGN-Net on a benchmark's normal training videos.")
+    parser.add_argument(
+        "--config",
+        default=None,
+        choices=sorted(NAMED_CONFIGS),
+        help="a named configuration (training/config.py) whose flag values become the "
+        "defaults; flags given beside it win",
+    )
     data = parser.add_argument_group("data")
     data.add_argument("--dataset_type", default="ped2", choices=DATASET_TYPES, help="benchmark")
     data.add_argument("--dataset_path", default="./datasets", help="folder holding <dataset_type>/")
     data.add_argument("--cache_dir", default=None, help="keep decoded, resized frames here")
     data.add_argument("--num_workers", type=int, default=2, help="DataLoader worker processes")
-    data.add_argument("--h", type=int, default=256, help="frame height fed to the model")
-    data.add_argument("--w", type=int, default=256, help="frame width fed to the model")
-    data.add_argument("--c", type=int, default=3, help="channels per frame")
-    data.add_argument("--t_length", type=int, default=5, help="frames per window (last = target)")
+    add_frame_size_flags(data, DEFAULTS.h)
+    data.add_argument(
+        "--c", type=int, default=ModelConfig.channels, help="channels per frame (BGR: 3)"
+    )
+    data.add_argument(
+        "--t_length",
+        type=int,
+        default=ModelConfig.t_length,
+        help="frames per window (last = target)",
+    )
 
     model = parser.add_argument_group("model")
-    model.add_argument("--fdim", type=int, default=512, help="query feature dimension")
-    model.add_argument("--mdim", type=int, default=512, help="memory item dimension")
-    model.add_argument("--msize", type=int, default=10, help="number of memory items")
+    model.add_argument("--fdim", type=int, default=ModelConfig.fdim, help="query feature dimension")
+    model.add_argument("--mdim", type=int, default=ModelConfig.mdim, help="memory item dimension")
+    model.add_argument(
+        "--msize", type=int, default=ModelConfig.msize, help="number of memory items"
+    )
 
     optim = parser.add_argument_group("optimisation")
-    optim.add_argument("--batch_size", type=int, default=6, help="windows per step")
-    optim.add_argument("--epochs", type=int, default=60, help="epochs of the cosine schedule")
-    optim.add_argument("--lr", type=float, default=2e-4, help="Adam learning rate")
-    optim.add_argument("--loss_compact", type=float, default=10.0, help="compactness weight")
-    optim.add_argument("--loss_separate", type=float, default=5.0, help="separateness weight")
-    optim.add_argument("--seed", type=int, default=0, help="initialisation and shuffling")
     optim.add_argument(
-        "--precision",
-        default="auto",
-        choices=("auto", "fp32", "bf16", "fp16"),
-        help="auto: bf16 on CPUs with native bf16, AMP on CUDA, else fp32",
+        "--batch_size", type=int, default=DEFAULTS.batch_size, help="windows per step"
+    )
+    optim.add_argument(
+        "--epochs", type=int, default=DEFAULTS.epochs, help="epochs of the cosine schedule"
+    )
+    optim.add_argument("--lr", type=float, default=DEFAULTS.lr, help="Adam learning rate")
+    optim.add_argument(
+        "--loss_compact", type=float, default=DEFAULTS.loss_compact, help="compactness weight"
+    )
+    optim.add_argument(
+        "--loss_separate", type=float, default=DEFAULTS.loss_separate, help="separateness weight"
+    )
+    optim.add_argument(
+        "--seed", type=int, default=DEFAULTS.seed, help="initialisation and shuffling"
     )
 
     run = parser.add_argument_group("run")
@@ -101,15 +131,8 @@ def get_args_parser() -> argparse.ArgumentParser:
     run.add_argument(
         "--overwrite", action="store_true", help="replace an earlier run in the same folder"
     )
-    run.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, ...")
-    run.add_argument(
-        "--fast_path",
-        default="auto",
-        choices=("auto", "off"),
-        help="auto: on CUDA, torch.compile the training step, keep the frames on the GPU (when "
-        "they fit), fused Adam, cuDNN autotuning, and read the losses back every 25 steps; "
-        "off: the plain eager path. CPU training is the same either way",
-    )
+    add_run_flags(run)
+    add_fast_path_flag(run)
     run.add_argument(
         "--compile", action="store_true", help="torch.compile the training step on any device"
     )
@@ -119,7 +142,6 @@ def get_args_parser() -> argparse.ArgumentParser:
         help="after training, score the training videos once more (one inference pass) and "
         "store normal-data score statistics in checkpoint.pth for detect.py",
     )
-    run.add_argument("--debug", action="store_true", help="show tracebacks for input errors")
 
     multi = parser.add_argument_group("several processes (under torchrun)")
     multi.add_argument(
@@ -136,25 +158,24 @@ def get_args_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
+    """The flags, with a named ``--config``'s values as defaults under the given flags."""
+    parser = get_args_parser()
+    named = parser.parse_known_args(argv)[0].config
+    if named is not None:
+        parser.set_defaults(**NAMED_CONFIGS[named])
+    return parser.parse_args(argv)
+
+
 def validate_args(args: argparse.Namespace) -> None:
     """Reject flag values the model or the optimiser cannot use, naming the flag, before
     anything is read or written."""
-    for flag in ("h", "w"):
-        value = getattr(args, flag)
-        if value <= 0 or value % 8:
-            raise InputError(f"--{flag} {value} must be a positive multiple of 8")
-    for flag in ("batch_size", "epochs", "msize", "c", "fdim"):
-        if getattr(args, flag) <= 0:
-            raise InputError(f"--{flag} must be positive, got {getattr(args, flag)}")
+    check_frame_size(args.h, args.w)
+    ModelConfig(args.c, args.t_length, args.msize, args.fdim, args.mdim).check(MODEL_FLAGS)
+    for flag in ("batch_size", "epochs"):
+        at_least(f"--{flag}", getattr(args, flag), 1)
     for flag in ("sync_check_every", "num_workers"):
-        if getattr(args, flag) < 0:
-            raise InputError(f"--{flag} must be 0 or positive, got {getattr(args, flag)}")
-    if args.t_length < 2:
-        raise InputError(f"--t_length must be at least 2, got {args.t_length}")
-    if args.fdim != args.mdim:
-        raise InputError(f"--fdim ({args.fdim}) must equal --mdim ({args.mdim})")
-    if args.msize < 2:
-        raise InputError("--msize must be at least 2 (the triplet loss needs two items)")
+        at_least(f"--{flag}", getattr(args, flag), 0)
     finite_number("--lr", args.lr, minimum=0.0, above=True)
     finite_number("--loss_compact", args.loss_compact, minimum=0.0)
     finite_number("--loss_separate", args.loss_separate, minimum=0.0)
@@ -179,29 +200,20 @@ def main(args: argparse.Namespace) -> Path:
     DistributedDataParallel replica; without it a single process trains alone."""
     validate_args(args)
     device = distributed.setup(resolve_device(args.device))
+    check_devices(TrainConfig.from_args(args), device)
     try:
         return train_this_process(args, device)
     finally:
         distributed.teardown()
 
 
-def train_this_process(args: argparse.Namespace, device: torch.device) -> Path:
-    """The training run of this process (of ``distributed.world_size()``)."""
-    dtype = resolve_precision(args.precision, device)
-    if args.sync_bn and device.type != "cuda":
-        raise InputError("--sync_bn needs CUDA (SyncBatchNorm has no CPU version); drop it on CPU")
-    rank, world_size = distributed.rank(), distributed.world_size()
-    is_main = distributed.is_main()
-    # The output folder may exist on rank 0's machine only: rank 0 alone creates and reads it.
-    run_dir = distributed.share_from_main(lambda: check_run_dir(args))
-    resume = distributed.share_from_main(lambda: load_resume_state(args, run_dir, world_size))
-    # Per-process seeds; the weights and items then start from rank 0's on every process.
-    seed_everything(args.seed + rank)
-
+def open_training_split(args: argparse.Namespace) -> FrameWindowDataset:
+    """The windows of the training videos, checked to fill a batch on every process."""
     dataset_dir = dataset_dir_for(args.dataset_type, Path(args.dataset_path))
     videos = list_videos(find_split_dir(dataset_dir, "training"))
     cache = FrameCache(args.h, args.w, Path(args.cache_dir) if args.cache_dir else None)
     dataset = FrameWindowDataset(videos, args.h, args.w, args.t_length, cache)
+    world_size = distributed.world_size()
     if len(dataset) < args.batch_size * world_size:
         per_process = f" for each of {world_size} processes" if world_size > 1 else ""
         raise InputError(
@@ -209,99 +221,121 @@ def train_this_process(args: argparse.Namespace, device: torch.device) -> Path:
             f"{args.batch_size}{per_process}; add videos or lower --batch_size"
             + (" or start fewer processes" if world_size > 1 else "")
         )
+    return dataset
 
-    model = LGNNet(
-        channels=args.c, t_length=args.t_length, msize=args.msize, fdim=args.fdim, mdim=args.mdim
-    ).to(device)
-    if args.sync_bn:
-        model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
-    if device.type == "cuda":
-        model = model.to(memory_format=torch.channels_last)
-    items = init_memory_items(args.msize, args.mdim, device=device)
-    fast = args.fast_path == "auto" and device.type == "cuda"
-    if fast:
-        torch.backends.cudnn.benchmark = True  # static shapes: pick the fastest kernels once
-    optimizer = torch.optim.Adam(model.parameters(), lr=args.lr, fused=fast or None)
-    scaler = torch.amp.GradScaler("cuda") if dtype == torch.float16 else None
-    start_epoch, start_step = 0, 0
-    scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=args.epochs)
-    if resume is not None:
-        items, scheduler = restore_run_state(resume, model, optimizer, args.epochs, fast)
-        start_epoch, start_step = resume["epoch"], resume["step"]
-        if is_main:
-            lr = optimizer.param_groups[0]["lr"]
-            print(f"resuming at epoch {start_epoch + 1}, step {start_step}, lr {lr:.3g}",
-                  file=sys.stderr)  # fmt: skip
-    items = distributed.broadcast_from_main(items)
 
-    # Checkpoints are saved from `model`; the DDP and compiled wrappers only run the steps.
-    step_model = StepModel(distributed.wrap_model(model, device), compile=fast or args.compile)
-    device_windows = DeviceWindows.if_they_fit(dataset, device) if fast else None
-    if is_main:
-        processes = f", {world_size} processes" if world_size > 1 else ""
+def run_inputs(args: argparse.Namespace) -> dict[str, Path | None]:
+    """What a run reads, which its outputs may not touch (see check_run_dir)."""
+    dataset = None if args.dataset_type == "demo" else Path(args.dataset_path) / args.dataset_type
+    resume = args.resume if args.resume not in (None, "auto") else None
+    run_dir = Path(args.output_root) / args.dataset_type / args.exp_dir
+    own = resume is not None and Path(resume).resolve() == (run_dir / "checkpoint.pth").resolve()
+    return {"--dataset_path": dataset, "--resume": None if own else resume}
+
+
+def train_this_process(args: argparse.Namespace, device: torch.device) -> Path:
+    """The training run of this process (of ``distributed.world_size()``)."""
+    # The output folder may exist on rank 0's machine only: rank 0 alone creates and reads it.
+    run_dir = distributed.share_from_main(lambda: check_run_dir(args, run_inputs(args)))
+    resume = distributed.share_from_main(
+        lambda: load_resume_state(args, run_dir, distributed.world_size())
+    )
+    config = TrainConfig.from_args(args)
+    dataset = open_training_split(args)
+    setup = prepare_training(config, device, resume, args.sync_check_every)
+    device_windows = DeviceWindows.if_they_fit(dataset, device) if setup.fast else None
+    if distributed.is_main():
         print(
             f"training on {len(dataset)} windows from {len(dataset.videos)} videos, "
-            f"{args.h}x{args.w}, device {device}{processes}, precision {precision_name(dtype)} "
-            f"-> {run_dir}",
+            f"{args.h}x{args.w}, {setup.describe()} -> {run_dir}",
             file=sys.stderr,
         )
     with StopRequested() as stop:
-        for epoch in range(start_epoch, args.epochs):
-            if world_size == 1:
-                batches = epoch_batches(len(dataset), args.batch_size, args.seed, epoch)
-            else:
-                batches = distributed.rank_batches(
-                    len(dataset), args.batch_size, args.seed, epoch, rank, world_size
-                )
-            if device_windows is not None:
-                loader = device_windows.loader(batches[start_step:])
-            else:
-                loader = DataLoader(
-                    dataset,
-                    batch_sampler=batches[start_step:],
-                    num_workers=args.num_workers,
-                    pin_memory=device.type == "cuda",
-                    persistent_workers=False,
-                )
-            began, lr = time.time(), optimizer.param_groups[0]["lr"]
-            items, losses, step = train_one_epoch(
-                step_model, loader, items, optimizer, device,
-                loss_compact=args.loss_compact, loss_separate=args.loss_separate,
-                channels=args.c, dtype=dtype, epoch=epoch, epochs=args.epochs,
-                start_step=start_step, stop=stop, scaler=scaler,
-                sync_check_every=args.sync_check_every, sync_every=25 if fast else 1,
-            )  # fmt: skip
-            if step < len(batches):  # a signal (to any process) ended the epoch early
-                save_run_state(run_dir, model, items, optimizer, scheduler, args, epoch, step)
-                exit_for_signal(stop, run_dir, f"at epoch {epoch + 1}, step {step}")
-            scheduler.step()
-            start_step = 0
-            save_run_state(run_dir, model, items, optimizer, scheduler, args, epoch + 1, 0)
-            if is_main:
-                record = {
-                    "epoch": epoch + 1,
-                    **losses,
-                    "lr": lr,  # the learning rate this epoch trained with
-                    "seconds": round(time.time() - began, 2),
-                }
-                first = epoch == start_epoch  # earlier runs' later epochs leave the log
-                append_log(run_dir / "log.jsonl", record, start_epoch if first else None)
-                print(
-                    f"epoch {epoch + 1}/{args.epochs}: loss {losses['loss']:.5f} "
-                    f"(pixel {losses['pixel']:.5f}, compact {losses['compact']:.5f}, "
-                    f"separate {losses['separate']:.5f}) in {record['seconds']:.0f}s",
-                    file=sys.stderr,
-                )
-            if distributed.any_rank(bool(stop)):
-                exit_for_signal(stop, run_dir, f"after epoch {epoch + 1}")
+        for epoch in range(setup.start_epoch, config.epochs):
+            batches = epoch_batches_of_this_process(len(dataset), config, epoch)
+            remaining = batches[setup.start_step :]  # after a mid-epoch resume
+            loader = epoch_loader(dataset, remaining, args.num_workers, device, device_windows)
+            train_epoch(setup, loader, len(batches), args, run_dir, epoch, stop)
     if args.sync_check_every:
-        check_processes_in_sync(model, items, "at the end of training")
-    if args.calibrate and is_main:
+        check_processes_in_sync(setup.model, setup.items, "at the end of training")
+    if args.calibrate and distributed.is_main():
         from inference.calibration import calibrate_training_run
 
-        calibrate_training_run(run_dir / "checkpoint.pth", model, items, dataset, dtype)
+        calibrate_training_run(
+            run_dir / "checkpoint.pth", setup.model, setup.items, dataset, setup.settings.dtype
+        )
     return run_dir
 
 
+def epoch_batches_of_this_process(
+    num_windows: int, config: TrainConfig, epoch: int
+) -> list[list[int]]:
+    """This process's batches of ``epoch`` (all of them outside torchrun)."""
+    rank, world_size = distributed.rank(), distributed.world_size()
+    if world_size == 1:
+        return epoch_batches(num_windows, config.batch_size, config.seed, epoch)
+    return distributed.rank_batches(
+        num_windows, config.batch_size, config.seed, epoch, rank, world_size
+    )
+
+
+def epoch_loader(
+    dataset: FrameWindowDataset,
+    batches: list[list[int]],
+    num_workers: int,
+    device: torch.device,
+    device_windows: DeviceWindows | None,
+) -> Iterable[torch.Tensor]:
+    """The batches as windows ``(B, t_length*3, H, W)``: from the frames on the GPU when
+    they are there, else from a DataLoader."""
+    if device_windows is not None:
+        return device_windows.loader(batches)
+    return DataLoader(
+        dataset,
+        batch_sampler=batches,
+        num_workers=num_workers,
+        pin_memory=device.type == "cuda",
+        persistent_workers=False,
+    )
+
+
+def train_epoch(
+    setup: TrainingSetup,
+    loader: Iterable[torch.Tensor],
+    num_batches: int,
+    args: argparse.Namespace,
+    run_dir: Path,
+    epoch: int,
+    stop: StopRequested,
+) -> None:
+    """Train one epoch (``loader`` holds its batches from ``setup.start_step`` on), then
+    save the run and log the epoch; after a signal, save where the epoch stopped and exit."""
+    began, lr = time.time(), setup.optimizer.param_groups[0]["lr"]
+    position = EpochPosition(epoch, args.epochs, setup.start_step)
+    setup.items, losses, step = train_one_epoch(
+        setup.runner, loader, setup.items, setup.optimizer, setup.device, setup.settings,
+        position=position, stop=stop, sync_every=setup.sync_every,
+    )  # fmt: skip
+    save = (run_dir, setup.model, setup.items, setup.optimizer, setup.scheduler, args)
+    if step < num_batches:  # a signal (to any process) ended the epoch early
+        save_run_state(*save, epoch, step)
+        exit_for_signal(stop, run_dir, f"at epoch {epoch + 1}, step {step}")
+    setup.scheduler.step()
+    first, setup.start_step = epoch == setup.start_epoch, 0
+    save_run_state(*save, epoch + 1, 0)
+    if distributed.is_main():
+        record = {"epoch": epoch + 1, **losses, "lr": lr, "seconds": round(time.time() - began, 2)}
+        # Records of later epochs left by a replaced run or a resumed one's future go.
+        append_log(run_dir / "log.jsonl", record, setup.start_epoch if first else None)
+        print(
+            f"epoch {epoch + 1}/{args.epochs}: loss {losses['loss']:.5f} "
+            f"(pixel {losses['pixel']:.5f}, compact {losses['compact']:.5f}, "
+            f"separate {losses['separate']:.5f}) in {record['seconds']:.0f}s",
+            file=sys.stderr,
+        )
+    if distributed.any_rank(bool(stop)):
+        exit_for_signal(stop, run_dir, f"after epoch {epoch + 1}")
+
+
 if __name__ == "__main__":
-    run_cli(main, get_args_parser().parse_args())
+    run_cli(main, parse_args())

@@ -19,6 +19,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from common.errors import InputError  # noqa: E402
 from data.frames import (  # noqa: E402
     FrameCache,
     FrameWindowDataset,
@@ -27,7 +28,6 @@ from data.frames import (  # noqa: E402
     frames_to_tensor,
     list_videos,
 )
-from utils import InputError  # noqa: E402
 
 
 def per_window_epoch(dataset: FrameWindowDataset) -> float:

@@ -16,7 +16,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from utils import cpu_has_fast_bf16, resolve_precision
+from common.devices import cpu_has_fast_bf16, resolve_precision
 
 LOSS_COMPACT, LOSS_SEPARATE = 10.0, 5.0  # train.py's defaults (SPEC)
 

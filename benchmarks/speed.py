@@ -70,7 +70,9 @@ from benchmarks.machine import (  # noqa: E402
     resident_memory_bytes,
     synchronize,
 )
-from utils import InputError, atomic_write, resolve_device, resolve_precision  # noqa: E402
+from common.devices import resolve_device, resolve_precision  # noqa: E402
+from common.errors import InputError  # noqa: E402
+from common.files import atomic_write  # noqa: E402
 
 MIB = 1024 * 1024
 VARIANTS = ("bf16", "fp32_batched")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from utils import InputError
+from common.errors import InputError
 
 DATASET_TYPES = ("ped2", "avenue", "shanghai", "demo")
 

@@ -31,8 +31,8 @@ import cv2
 import numpy as np
 from tqdm import tqdm
 
+from common.files import exclusive_lock
 from data.labels import write_ano_pred_mat
-from utils import exclusive_lock
 
 DEMO_NAME = "demo"
 COMPLETE_MARKER = ".complete"

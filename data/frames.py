@@ -31,7 +31,8 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from utils import InputError, atomic_write
+from common.errors import InputError
+from common.files import atomic_write
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff")
 SPLIT_FOLDER_NAMES = {"training": ("training", "train"), "testing": ("testing", "test")}

@@ -17,8 +17,9 @@ from pathlib import Path
 import numpy as np
 import scipy.io
 
+from common.errors import InputError
+from common.files import atomic_write
 from data.frames import SPLIT_FOLDER_NAMES, Video, natural_sort_key
-from utils import InputError, atomic_write
 
 SUPPORTED_FORMATS = (
     "ano_pred .mat with variable 'gt' (1xV cell of 2xK [first; last] 1-based frame ranges)",

@@ -34,10 +34,16 @@ import cv2
 import numpy as np
 from tqdm import tqdm
 
-from data.download import ARCHIVE_SUFFIXES, download_file, extract_archive, file_sha256, is_archive
+from common.download import (
+    ARCHIVE_SUFFIXES,
+    download_file,
+    extract_archive,
+    file_sha256,
+    is_archive,
+)
+from common.errors import InputError
 from data.frames import find_split_dir, list_videos, natural_sort_key
 from data.labels import load_frame_labels, write_ano_pred_mat
-from utils import InputError
 
 
 @dataclass(frozen=True)

@@ -14,6 +14,7 @@ import cv2
 import numpy as np
 import torch
 
+from common.errors import InputError
 from data.frames import (
     IMAGE_EXTENSIONS,
     check_frame_order,
@@ -23,7 +24,6 @@ from data.frames import (
     natural_sort_key,
     read_image,
 )
-from utils import InputError
 
 VIDEO_EXTENSIONS = (".avi", ".mp4", ".mov", ".mkv", ".m4v", ".mpg", ".mpeg", ".wmv", ".webm")
 
@@ -138,6 +138,77 @@ def image_folder_source(name: str, paths: Sequence[Path]) -> FrameSource:
     return FrameSource(name, f"frame folder {folder}", len(paths), None, "images", read)
 
 
+FRAMES_CONTRACT = (
+    "frames (T, H, W, 3) in BGR order (or grey (T, H, W)) as uint8 in [0, 255] or floats in "
+    "[0, 1]: a NumPy array, a torch tensor or a list of frames"
+)
+
+
+def _as_numpy(frames: object) -> np.ndarray:
+    if isinstance(frames, torch.Tensor):
+        tensor = frames.detach().cpu()
+        return (
+            tensor.float() if tensor.dtype in (torch.float16, torch.bfloat16) else tensor
+        ).numpy()
+    if isinstance(frames, list | tuple):
+        arrays = [_as_numpy(frame) for frame in frames]
+        shapes = {array.shape for array in arrays}
+        if len(shapes) > 1:
+            raise InputError(
+                f"the frames have different shapes {sorted(shapes)}; expected {FRAMES_CONTRACT}"
+            )
+        if not arrays:
+            raise InputError(f"no frames were given; expected {FRAMES_CONTRACT}")
+        return np.stack(arrays)
+    return np.asarray(frames)
+
+
+def checked_frames(frames: object) -> np.ndarray:
+    """Frames given in memory as BGR uint8 ``(T, H, W, 3)``, converted exactly where the
+    input is unambiguous (floats in [0, 1]: ``round(x * 255)``; other integer types within
+    [0, 255]; grey ``(T, H, W)`` or ``(T, H, W, 1)``; BGRA), else refused with one line saying
+    what was given and what is expected (:data:`FRAMES_CONTRACT`): a single frame, channels
+    first, floats outside [0, 1], 16-bit values, NaN.
+
+    The channel order cannot be checked: RGB frames must be flipped first (``rgb[..., ::-1]``).
+    """
+    array = _as_numpy(frames)
+    given = f"{type(frames).__name__} of shape {tuple(array.shape)} and dtype {array.dtype}"
+    if array.ndim == 3 and array.shape[-1] in (3, 4):
+        raise InputError(f"got one frame ({given}); expected a video: {FRAMES_CONTRACT}")
+    if array.ndim == 4 and array.shape[1] in (1, 3) and array.shape[-1] not in (1, 3, 4):
+        raise InputError(
+            f"got channels first ({given}); expected {FRAMES_CONTRACT} (e.g. "
+            "frames.transpose(0, 2, 3, 1) or tensor.permute(0, 2, 3, 1))"
+        )
+    if array.ndim not in (3, 4) or (array.ndim == 4 and array.shape[-1] not in (1, 3, 4)):
+        raise InputError(f"got {given}; expected {FRAMES_CONTRACT}")
+    if array.shape[0] == 0:
+        raise InputError(f"got no frames ({given}); expected {FRAMES_CONTRACT}")
+    if array.dtype == np.uint8:
+        if array.ndim == 4 and array.shape[-1] == 3:
+            return array
+        return np.stack([to_bgr(frame) for frame in array])  # grey or BGRA
+    if np.issubdtype(array.dtype, np.floating):
+        if not np.isfinite(array).all() or array.min(initial=0) < 0 or array.max(initial=0) > 1:
+            low, high = np.nanmin(array), np.nanmax(array)
+            raise InputError(
+                f"got {given} with values in [{low:g}, {high:g}]; float frames must lie in "
+                f"[0, 1] (for [0, 255] pass frames.astype(np.uint8); for [-1, 1], "
+                f"(frames + 1) / 2); expected {FRAMES_CONTRACT}"
+            )
+        return checked_frames(np.rint(array * 255.0).astype(np.uint8))
+    if np.issubdtype(array.dtype, np.integer):
+        if array.size and (array.min() < 0 or array.max() > 255):
+            raise InputError(
+                f"got {given} with values up to {array.max()}; integer frames must lie in "
+                f"[0, 255] (16-bit footage: (frames >> 8).astype(np.uint8)); expected "
+                f"{FRAMES_CONTRACT}"
+            )
+        return checked_frames(array.astype(np.uint8))
+    raise InputError(f"got {given}; expected {FRAMES_CONTRACT}")
+
+
 def array_source(name: str, frames: np.ndarray) -> FrameSource:
     """Frames already in memory, uint8 ``(T, H, W, 3)`` BGR (e.g. a training set's)."""
     return FrameSource(
@@ -159,23 +230,30 @@ def _image_files(folder: Path) -> list[Path]:
     )
 
 
-def open_input(spec: str) -> list[FrameSource]:
-    """The videos named by ``--input``, in order (see the module notes for the forms)."""
+def local_input(spec: str) -> Path | None:
+    """The file or folder ``spec`` names on this machine; None for a camera or a stream."""
     spec = str(spec).strip()
-    path = Path(spec)
-    if spec.isdigit() and not path.exists():
-        return [capture_source(int(spec))]
-    if "://" in spec:
-        return [capture_source(spec)]
+    if "://" in spec or (spec.isdigit() and not Path(spec).exists()):
+        return None
+    return Path(spec)
+
+
+def open_input(spec: str, what: str = "--input") -> list[FrameSource]:
+    """The videos named by ``spec``, in order (see the module notes for the forms); ``what``
+    is how messages name it (the Python API passes ``video``)."""
+    spec = str(spec).strip()
+    path = local_input(spec)
+    if path is None:
+        return [capture_source(int(spec) if spec.isdigit() else spec)]
     if path.is_file():
         if path.suffix.lower() in IMAGE_EXTENSIONS:
             raise InputError(
-                f"--input {path} is a single image; give the folder holding the video's frames"
+                f"{what} {path} is a single image; give the folder holding the video's frames"
             )
         return [capture_source(str(path))]
     if not path.is_dir():
         raise InputError(
-            f"--input {spec} does not exist; give a video file, a folder of frames, a folder "
+            f"{what} {spec} does not exist; give a video file, a folder of frames, a folder "
             "of videos, a stream URL or a camera index"
         )
     images = _image_files(path)
@@ -191,7 +269,7 @@ def open_input(spec: str) -> list[FrameSource]:
     if any(entry.is_dir() and not entry.name.startswith(".") for entry in path.iterdir()):
         return [image_folder_source(v.name, v.frame_paths) for v in list_videos(path)]
     raise InputError(
-        f"--input folder {path} holds no images ({', '.join(IMAGE_EXTENSIONS)}), videos "
+        f"{what} folder {path} holds no images ({', '.join(IMAGE_EXTENSIONS)}), videos "
         f"({', '.join(VIDEO_EXTENSIONS)}) or frame folders"
     )
 

@@ -10,9 +10,10 @@ from typing import Any
 import cv2
 import numpy as np
 
+from common.errors import InputError
+from common.files import PendingFile
 from data.sources import to_bgr
 from inference.streaming import FrameScore
-from utils import InputError, PendingFile
 
 # The heat map saturates at this multiple of the mean squared error of normal frames.
 HEAT_SATURATION = 8.0
@@ -120,12 +121,10 @@ class AnnotatedVideo:
         _text(plot, label, (8, 18), (255, 255, 255), 0.45)
         return plot
 
-    def close(self, commit: bool = True) -> None:
+    def release(self) -> None:
+        """Finish the file under its temporary name (``self.pending``, committed by the
+        caller together with the run's other outputs)."""
         self.writer.release()
-        if commit:
-            self.pending.commit()
-        else:
-            self.pending.discard()
 
 
 def _text(

@@ -3,12 +3,23 @@
     from inference import load_scorer
 
     scorer = load_scorer("exp/ped2/log/checkpoint.pth")  # a path, URL or published name
-    scores = scorer.score("street.mp4")  # a video file, a frame folder or a (T, H, W, 3) array
+    scores = scorer.score("street.mp4")  # a video file, a frame folder or frames in memory
     scores.psnr, scores.feature_distance, scores.normality  # one value per predicted frame
 
+What ``score`` accepts (anything else is refused with one line saying what was given):
+
+- a path to a video file or to a folder of frame images;
+- frames in memory: a NumPy array, a torch tensor (any device) or a list of equal frames,
+  shaped ``(T, H, W, 3)`` in **BGR** order (OpenCV's; flip RGB with ``rgb[..., ::-1]``) or
+  grey ``(T, H, W)``, as uint8 in [0, 255] or floats in [0, 1] (converted exactly to uint8),
+  of any size (resized to the trained size); at least ``t_length`` frames.
+
 The numbers are those of ``evaluate.py`` on the same frames: the benchmark protocol (test-time
-memory updates below ``gamma``, normality fused by per-video min-max normalisation). When the
-checkpoint holds a calibration (``detect.py --calibrate`` or ``train.py --calibrate``),
+memory updates below ``gamma``, normality fused by per-video min-max normalisation). Each call
+starts from the trained memory, as ``detect.py`` scores each video; ``evaluate.py`` instead
+carries the memory from one test video to the next, which ``score(..., carry_memory=True)``
+does across calls (``reset_memory()`` goes back to the trained items). When the checkpoint
+holds a calibration (``detect.py --calibrate`` or ``train.py --calibrate``),
 ``calibrated_normality`` and ``anomaly`` are those of ``detect.py`` as well.
 """
 
@@ -17,16 +28,20 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
 
-from data.sources import FrameSource, array_source, open_input, preprocess
+from common.devices import resolve_device, resolve_precision
+from common.errors import InputError
+from data.sources import FrameSource, array_source, checked_frames, open_input, preprocess
 from inference.calibration import normality_from_calibration, threshold_for_rate
-from inference.test_time import DEFAULT_GAMMA, DEFAULT_LAMBDA
+from inference.config import FALSE_ALARM_RATE, GAMMA, LAMBDA
 from inference.video import evaluate_video
 from model.checkpoint import LoadedModel, load_for_inference
-from utils import InputError, normality_scores, resolve_device, resolve_precision
+from model.pretrained import resolve_checkpoint
+from utils import normality_scores
 
 
 @dataclass
@@ -49,30 +64,37 @@ class Scorer:
         self,
         loaded: LoadedModel,
         precision: str = "auto",
-        gamma: float = DEFAULT_GAMMA,
+        gamma: float = GAMMA,
         memory_update: bool = True,
-        lambda_: float = DEFAULT_LAMBDA,
-        false_alarm_rate: float = 0.01,
+        lambda_: float = LAMBDA,
+        false_alarm_rate: float = FALSE_ALARM_RATE,
     ) -> None:
         self.model, self.items = loaded.model.eval(), loaded.items
         self.height, self.width = loaded.height, loaded.width
         self.device = loaded.items.device
-        self.dtype = resolve_precision(precision, self.device)
+        self.dtype = resolve_precision(precision, self.device, flag="precision")
         self.gamma, self.memory_update, self.lambda_ = gamma, memory_update, lambda_
         self.calibration = loaded.checkpoint.get("calibration")
         self.false_alarm_rate = false_alarm_rate
+        self.carried_items = self.items
 
-    def score(self, video: str | os.PathLike | np.ndarray, chunk: int = 64) -> FootageScores:
-        """Score one video from the trained memory on: a video file, a folder of frames, or
-        BGR uint8 frames ``(T, H, W, 3)`` of any size (resized to the trained size).
+    def reset_memory(self) -> None:
+        """Go back to the trained memory items for the next ``carry_memory`` call."""
+        self.carried_items = self.items
+
+    def score(self, video: object, chunk: int = 64, carry_memory: bool = False) -> FootageScores:
+        """Score one video (see the module notes for what ``video`` may be).
 
         Frames are decoded and scored ``chunk`` windows at a time, so long videos need not
-        fit in memory; the scores equal one pass over the whole video.
+        fit in memory; the scores equal one pass over the whole video. The memory starts
+        from the trained items, or with ``carry_memory`` from where the previous
+        ``carry_memory`` call left it (as ``evaluate.py`` goes from one video to the next).
         """
         source = self._source(video)
         context = self.model.t_length - 1
         psnr, distance, updates = [], [], 0
-        items, buffered = self.items, []
+        items = self.carried_items if carry_memory else self.items
+        buffered: list[torch.Tensor] = []
         for image in source.frames():
             buffered.append(preprocess(image, self.height, self.width))
             if len(buffered) == chunk + context:
@@ -84,6 +106,8 @@ class Scorer:
             raise InputError(
                 f"{source.description} has fewer than the {context + 1} frames needed to score one"
             )
+        if carry_memory:
+            self.carried_items = items
         psnr_array, distance_array = np.array(psnr), np.array(distance)
         scores = FootageScores(
             np.arange(context, context + len(psnr)),
@@ -115,13 +139,13 @@ class Scorer:
         return result.items, updates + result.memory_updates
 
     @staticmethod
-    def _source(video: str | os.PathLike | np.ndarray) -> FrameSource:
-        if isinstance(video, np.ndarray):
-            return array_source("array", video)
-        sources = open_input(str(video))
-        if len(sources) != 1:
-            raise InputError(f"{video} holds {len(sources)} videos; score them one at a time")
-        return sources[0]
+    def _source(video: object) -> FrameSource:
+        if isinstance(video, str | os.PathLike):
+            sources = open_input(str(video), what="video")
+            if len(sources) != 1:
+                raise InputError(f"{video} holds {len(sources)} videos; score them one at a time")
+            return sources[0]
+        return array_source("array", checked_frames(video))
 
 
 def load_scorer(
@@ -130,19 +154,20 @@ def load_scorer(
     model_dir: str | os.PathLike | None = None,
     m_items_dir: str | os.PathLike | None = None,
     device: str = "auto",
-    precision: str = "auto",
-    gamma: float = DEFAULT_GAMMA,
-    memory_update: bool = True,
-    lambda_: float = DEFAULT_LAMBDA,
-    false_alarm_rate: float = 0.01,
+    **settings: Any,
 ) -> Scorer:
     """A :class:`Scorer` for a ``train.py`` checkpoint (path, URL or published name), or for
     the reference release's ``model_dir`` + ``m_items_dir`` pair (256x256 unless trained
-    otherwise: pass a checkpoint for other sizes)."""
+    otherwise: pass a checkpoint for other sizes). Every file is read as data only.
+    ``settings`` are :class:`Scorer`'s (``precision``, ``gamma``, ``memory_update``,
+    ``lambda_``, ``false_alarm_rate``)."""
+    if checkpoint is None and not (model_dir and m_items_dir):
+        raise InputError("give a checkpoint, or both model_dir and m_items_dir")
     loaded = load_for_inference(
-        checkpoint,
+        resolve_checkpoint(str(checkpoint)) if checkpoint is not None else None,
         Path(model_dir) if model_dir else None,
         Path(m_items_dir) if m_items_dir else None,
-        device=resolve_device(device),
+        device=resolve_device(device, flag="device"),
+        reference_names=("model_dir", "m_items_dir"),
     )
-    return Scorer(loaded, precision, gamma, memory_update, lambda_, false_alarm_rate)
+    return Scorer(loaded, **settings)

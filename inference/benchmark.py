@@ -13,17 +13,12 @@ from typing import Any
 import numpy as np
 import torch
 
+from common.errors import InputError
+from common.files import atomic_write
 from data.frames import FrameWindowDataset, frames_to_tensor
 from inference.video import QualityMetric, ScoringFunctions, VideoScores, evaluate_video
 from model import LGNNet
-from utils import (
-    InputError,
-    atomic_write,
-    equal_error_rate,
-    frame_auc,
-    normality_scores,
-    smooth_scores,
-)
+from utils import equal_error_rate, frame_auc, normality_scores, smooth_scores
 
 SCORE_FIELDS = ("video", "frame", "psnr", "feature_distance", "normality", "label")
 

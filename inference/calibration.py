@@ -21,21 +21,24 @@ quantiles of s, so the threshold for another rate is read from the table without
 
 from __future__ import annotations
 
+import math
 import os
 import sys
 from collections.abc import Iterable
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 from tqdm import tqdm
 
+from common.cli import exit_status
+from common.devices import precision_name
+from common.errors import InputError
 from data.sources import FrameSource, array_source
+from inference.config import FALSE_ALARM_RATE, GAMMA, LAMBDA
 from inference.streaming import StreamingScorer, iter_scores
-from inference.test_time import DEFAULT_GAMMA, DEFAULT_LAMBDA
 from model import LGNNet
-from utils import InputError, atomic_write
+from model import checkpoint as checkpoint_format
 
 CALIBRATION_VERSION = 1
 QUANTILE_LEVELS = np.linspace(0.0, 1.0, 1001)
@@ -49,18 +52,21 @@ def _robust_std(values: np.ndarray) -> float:
 def calibration_from_scores(
     psnr: np.ndarray,
     distance: np.ndarray,
-    lambda_: float = DEFAULT_LAMBDA,
-    false_alarm_rate: float = 0.01,
+    lambda_: float = LAMBDA,
+    false_alarm_rate: float = FALSE_ALARM_RATE,
     **metadata: Any,
 ) -> dict[str, Any]:
     """The calibration record for per-frame PSNRs (dB) and feature distances of normal
     frames: their means and standard deviations, lambda, a 1001-entry quantile table of the
     normality s and the threshold at ``false_alarm_rate``. Plain floats and lists only."""
     psnr, distance = np.asarray(psnr, np.float64), np.asarray(distance, np.float64)
-    if psnr.size < 2 or psnr.shape != distance.shape:
+    needed = max(2, minimum_frames(false_alarm_rate))
+    if psnr.size < needed or psnr.shape != distance.shape:
         raise InputError(
-            f"calibration needs the scores of at least 2 normal frames, got {psnr.size}; "
-            "give longer normal videos (each needs more than t_length frames)"
+            f"calibration scored {psnr.size} normal frames; a false-alarm rate of "
+            f"{false_alarm_rate:g} needs at least {needed} (one in {needed} flagged); give more "
+            "normal footage (each video scores its frames after the first t_length - 1) or a "
+            "larger false-alarm rate"
         )
     calibration: dict[str, Any] = {
         "version": CALIBRATION_VERSION,
@@ -92,11 +98,27 @@ def normality_from_calibration(
     return lam * z_psnr - (1 - lam) * z_distance
 
 
+def minimum_frames(false_alarm_rate: float) -> int:
+    """How many normal frames a threshold at ``false_alarm_rate`` needs: at least one of them
+    must fall below it (1 / rate, rounded up); with fewer the threshold would only repeat
+    the lowest score seen."""
+    return math.ceil(1.0 / false_alarm_rate - 1e-9)
+
+
 def threshold_for_rate(calibration: dict[str, Any], false_alarm_rate: float) -> float:
     """The normality below which a frame is anomalous, so that ``false_alarm_rate`` of the
-    calibration frames fall below it (linear interpolation in the quantile table)."""
+    calibration frames fall below it (linear interpolation in the quantile table). A rate
+    the calibration's number of frames cannot support is refused (:func:`minimum_frames`)."""
     if not 0.0 < false_alarm_rate < 1.0:
         raise InputError(f"--false_alarm_rate {false_alarm_rate} must lie strictly between 0 and 1")
+    frames = calibration.get("frames")
+    if frames is not None and frames < minimum_frames(false_alarm_rate):
+        raise InputError(
+            f"the calibration holds {frames} normal frames; a false-alarm rate of "
+            f"{false_alarm_rate:g} needs at least {minimum_frames(false_alarm_rate)}: "
+            f"calibrate on more normal footage or raise --false_alarm_rate to at least "
+            f"{1 / frames:.3g}"
+        )
     table = np.asarray(calibration["normality_quantiles"], np.float64)
     levels = np.linspace(0.0, 1.0, len(table))
     return float(np.interp(false_alarm_rate, levels, table))
@@ -107,13 +129,14 @@ def collect_scores(
     sources: Iterable[FrameSource],
     max_frames: int | None = None,
     desc: str = "calibrating",
-) -> tuple[np.ndarray, np.ndarray, int, bool]:
+) -> tuple[np.ndarray, np.ndarray, int, str | None]:
     """PSNRs and feature distances of every scorable frame of ``sources``, the number of
-    videos, and whether Ctrl-C ended the collection early (what was gathered is kept)."""
+    videos, and the signal that ended the collection early (``SIGINT`` for Ctrl-C,
+    ``SIGTERM``; None when it ran to the end; what was gathered is kept)."""
     psnrs: list[float] = []
     distances: list[float] = []
     names: set[str] = set()
-    interrupted = False
+    interrupted = None
     bar = tqdm(desc=desc, unit="frame", dynamic_ncols=True)
     try:
         for source, _, score in iter_scores(scorer, sources, bar, max_frames):
@@ -121,8 +144,8 @@ def collect_scores(
                 psnrs.append(score.psnr)
                 distances.append(score.feature_distance)
                 names.add(source.name)
-    except KeyboardInterrupt:
-        interrupted = True
+    except KeyboardInterrupt as stop:
+        interrupted = "SIGTERM" if exit_status(stop) == 143 else "SIGINT"
         print(f"\ninterrupted: using the {len(psnrs)} frames scored so far", file=sys.stderr)
     finally:
         bar.close()
@@ -132,8 +155,8 @@ def collect_scores(
 def calibrate(
     scorer: StreamingScorer,
     sources: Iterable[FrameSource],
-    lambda_: float = DEFAULT_LAMBDA,
-    false_alarm_rate: float = 0.01,
+    lambda_: float = LAMBDA,
+    false_alarm_rate: float = FALSE_ALARM_RATE,
     max_frames: int | None = None,
     source_name: str = "",
 ) -> dict[str, Any]:
@@ -141,8 +164,8 @@ def calibrate(
     :func:`calibration_from_scores`), including the scorer's settings."""
     if not 0.0 <= lambda_ <= 1.0:
         raise InputError(f"--lambda {lambda_} must lie in [0, 1]")
-    psnr, distance, videos, interrupted = collect_scores(scorer, sources, max_frames)
-    if len(psnr) and len(psnr) * false_alarm_rate < 10:
+    psnr, distance, videos, stop = collect_scores(scorer, sources, max_frames)
+    if len(psnr) * false_alarm_rate >= 1 and len(psnr) * false_alarm_rate < 10:
         print(
             f"note: {len(psnr)} calibration frames estimate a false-alarm rate of "
             f"{false_alarm_rate} from about {len(psnr) * false_alarm_rate:.1f} frames; more "
@@ -160,9 +183,9 @@ def calibrate(
         h=scorer.height,
         w=scorer.width,
         t_length=scorer.model.t_length,
-        precision=str(scorer.dtype or "fp32").replace("torch.", ""),
+        precision=precision_name(scorer.dtype),
         source=source_name,
-        **({"interrupted": True} if interrupted else {}),
+        **({"interrupted": stop} if stop else {}),
     )
 
 
@@ -181,9 +204,7 @@ def save_calibration(
     checkpoint: dict[str, Any], calibration: dict[str, Any], path: str | os.PathLike
 ) -> None:
     """Write ``checkpoint`` with ``calibration`` added to ``path`` atomically."""
-    checkpoint = dict(checkpoint)
-    checkpoint["calibration"] = calibration
-    atomic_write(Path(path), lambda tmp: torch.save(checkpoint, tmp))
+    checkpoint_format.write(checkpoint_format.with_calibration(checkpoint, calibration), path)
 
 
 def calibrate_training_run(
@@ -192,9 +213,9 @@ def calibrate_training_run(
     items: torch.Tensor,
     dataset: Any,
     dtype: torch.dtype | None = None,
-    gamma: float = DEFAULT_GAMMA,
-    lambda_: float = DEFAULT_LAMBDA,
-    false_alarm_rate: float = 0.01,
+    gamma: float = GAMMA,
+    lambda_: float = LAMBDA,
+    false_alarm_rate: float = FALSE_ALARM_RATE,
 ) -> dict[str, Any]:
     """Calibrate a freshly trained model on its training videos (``train.py --calibrate``).
 
@@ -211,8 +232,7 @@ def calibrate_training_run(
     calibration = calibrate(
         scorer, sources, lambda_, false_alarm_rate, source_name="training videos"
     )
-    checkpoint = torch.load(checkpoint_path, map_location="cpu", weights_only=False)
-    save_calibration(checkpoint, calibration, checkpoint_path)
+    save_calibration(checkpoint_format.read(checkpoint_path), calibration, checkpoint_path)
     print(
         f"calibrated on {calibration['frames']} training frames: threshold "
         f"{calibration['threshold']:.3f} at a {false_alarm_rate:.2%} false-alarm rate",

@@ -7,7 +7,7 @@ from typing import Any
 
 import numpy as np
 
-from inference.test_time import DEFAULT_LAMBDA
+from inference.config import LAMBDA
 from utils import frame_auc, normality_scores
 
 
@@ -49,7 +49,7 @@ def decision_metrics(
     anomaly: np.ndarray,
     labels: np.ndarray,
     per_video: Sequence[tuple[np.ndarray, np.ndarray]] = (),
-    lambda_: float = DEFAULT_LAMBDA,
+    lambda_: float = LAMBDA,
 ) -> dict[str, Any]:
     """Frame-level quality of the decisions against labels (1 = abnormal).
 

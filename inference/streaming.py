@@ -19,10 +19,11 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from common.devices import autocast
 from data.sources import FrameSource, preprocess
-from inference.test_time import DEFAULT_GAMMA, score_next_frame
+from inference.config import GAMMA
+from inference.test_time import frame_step, read_back
 from model import LGNNet
-from utils import autocast
 
 
 class FrameScore(NamedTuple):
@@ -48,7 +49,7 @@ class StreamingScorer:
         items: torch.Tensor,
         height: int,
         width: int,
-        gamma: float = DEFAULT_GAMMA,
+        gamma: float = GAMMA,
         memory_update: bool = True,
         dtype: torch.dtype | None = None,
         keep_error_maps: bool = False,
@@ -82,8 +83,10 @@ class StreamingScorer:
         target = self.window[-1].unsqueeze(0)
         with autocast(self.device, self.dtype):
             encoded = self.model.encode(inputs)
-        step = score_next_frame(
-            self.model, encoded, target, self.items, self.gamma, self.memory_update, self.dtype
+        step = read_back(
+            frame_step(
+                self.model, encoded, target, self.items, self.gamma, self.memory_update, self.dtype
+            )
         )
         self.items = step.items
         error_map = step.errors[0].mean(0).cpu().numpy() if self.keep_error_maps else None

@@ -9,13 +9,10 @@ from typing import NamedTuple
 
 import torch
 
+from common.devices import autocast
 from model.lgn_net import Encoded, LGNNet
 from model.memory import update_memory
-from utils import autocast, frame_errors, point_score_tensor, psnr_from_mse
-
-# The reference's Evaluate.py defaults: the memory-update gate and the fusion weight of PSNR.
-DEFAULT_GAMMA = 0.009
-DEFAULT_LAMBDA = 0.6
+from utils import frame_errors, point_score_tensor, psnr_from_mse
 
 
 class FrameStep(NamedTuple):
@@ -72,18 +69,9 @@ def frame_step(
     return DeviceStep(out.prediction, errors, errors.mean(), out.feature_distance, items, updated)
 
 
-def score_next_frame(
-    model: LGNNet,
-    encoded: Encoded,
-    target: torch.Tensor,
-    items: torch.Tensor,
-    gamma: float,
-    update: bool = True,
-    dtype: torch.dtype | None = None,
-) -> FrameStep:
-    """:func:`frame_step` with its values read back: PSNR (dB), feature distance, whether
-    the memory was updated. For frames scored one at a time as they arrive."""
-    step = frame_step(model, encoded, target, items, gamma, update, dtype)
+def read_back(step: DeviceStep) -> FrameStep:
+    """A :func:`frame_step`'s values on the host: PSNR (dB), feature distance, whether the
+    memory was updated. For frames scored one at a time as they arrive."""
     return FrameStep(
         step.prediction,
         step.errors,

@@ -10,10 +10,12 @@ from typing import NamedTuple
 import numpy as np
 import torch
 
+from common.devices import autocast
+from common.errors import InputError
 from inference.test_time import DeviceStep, frame_step
 from model import LGNNet
 from model.lgn_net import Encoded
-from utils import InputError, autocast, psnr_from_mse
+from utils import psnr_from_mse
 
 
 class VideoScores(NamedTuple):

@@ -1,5 +1,6 @@
 """LGN-Net model components."""
 
+from model.config import ModelConfig
 from model.lgn_net import Encoded, InferOutput, LGNNet, TrainOutput
 from model.memory import (
     feature_distance,
@@ -14,6 +15,7 @@ __all__ = [
     "Encoded",
     "InferOutput",
     "LGNNet",
+    "ModelConfig",
     "TrainOutput",
     "feature_distance",
     "flatten_query",

@@ -1,315 +1,219 @@
-"""Loading LGN-Net weights and memory items: our checkpoints and the reference release's.
+"""The checkpoint format: one dictionary, written with ``torch.save`` and read back as data
+only (:func:`common.serialization.load_file`), for training runs, published weights and
+everything scoring loads. This module writes it, reads it, checks it, and hands each user what
+it needs of it: resuming (:func:`check_resumable`), inference (:func:`load_for_inference`),
+publishing (:func:`for_publishing`) and calibration (:func:`with_calibration`).
 
-Both use the same parameter names (the 197-entry layout of the reference), so one strict
-loader serves both. Problems with a file raise :class:`utils.InputError` with a one-line
-message naming the file, the offending entry and the fix.
+Entries of format version 2::
+
+    format          "lgn-net"
+    format_version  2
+    kind            "training" (resumable) or "inference" (published, or reference weights)
+    model           state_dict with the reference release's names (fp16 in published files)
+    items           memory items (msize, mdim), fp32
+    model_args      ModelConfig.as_dict(): LGNNet(**model_args) rebuilds the network
+    frame_size      [height, width] the network was trained at
+    epoch, step     epochs finished, and steps into the next one (a mid-epoch stop), else 0
+    args            the run's train.py flags (plain values)
+    training only   optimizer, scheduler (their state_dicts), rng_by_rank (plain data, one
+                    entry per process), world_size
+    optional        calibration (detect.py's normal-data statistics, plain data)
+
+Version 1 files (written before ``model_args``) are read too: their sizes come from ``args``
+and, for the ST-LSTM, from the tensors. Every value is a tensor or plain Python data, so
+``torch.load(weights_only=True)`` reads any of them.
 """
 
 from __future__ import annotations
 
 import os
-import pickle
-import types
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, NamedTuple
 
 import torch
-from torch import nn
 
+from common.errors import InputError
+from common.files import save_torch
+from common.serialization import load_file
+from model.config import FRAME_SIZE, ModelConfig, check_frame_size
 from model.lgn_net import LGNNet
-from utils import InputError
+from model.weights import (
+    extract_state_dict,
+    infer_model_sizes,
+    load_memory_items,
+    load_model_weights,
+    read_weights_file,
+    reference_model_config,
+)
 
-# Keys under which training scripts commonly nest the weights in a larger checkpoint dict.
-_NESTED_WEIGHT_KEYS = ("state_dict", "model")
-# DataParallel / DistributedDataParallel wrap the network in an attribute called ``module``.
-_WRAPPER_PREFIX = "module."
-
-
-def _shape(tensor: torch.Tensor) -> tuple[int, ...]:
-    return tuple(tensor.shape)
-
-
-def extract_state_dict(obj: Any, source: str = "state_dict") -> dict[str, torch.Tensor]:
-    """The flat ``{name: tensor}`` weights held by ``obj``.
-
-    Accepts a state_dict, a dict nesting one under ``"state_dict"`` or ``"model"``, or a whole
-    ``nn.Module`` (as the reference's ``torch.save(model, ...)`` produces). A ``module.``
-    prefix on every name (a DataParallel/DDP-wrapped network) is removed.
-    """
-    if isinstance(obj, nn.Module):
-        obj = obj.state_dict()
-    if not isinstance(obj, Mapping):
-        raise InputError(
-            f"{source}: expected a state_dict or a saved model, found {type(obj).__name__}; "
-            "pass the network weights file"
-        )
-    for key in _NESTED_WEIGHT_KEYS:
-        nested = obj.get(key)
-        if isinstance(nested, Mapping | nn.Module):
-            return extract_state_dict(nested, source)
-    state = dict(obj)
-    for name, value in state.items():
-        if not isinstance(value, torch.Tensor):
-            raise InputError(
-                f"{source}: entry {name!r} is a {type(value).__name__}, not a tensor; "
-                "pass the network weights file"
-            )
-    if state and all(name.startswith(_WRAPPER_PREFIX) for name in state):
-        state = {name[len(_WRAPPER_PREFIX) :]: value for name, value in state.items()}
-    return state
+FORMAT = "lgn-net"
+FORMAT_VERSION = 2
+TRAINING, INFERENCE = "training", "inference"
+# What --resume needs beyond the network (version 1 files hold "rng" instead of per-rank).
+RESUME_ENTRIES = ("model", "items", "optimizer", "scheduler", "epoch", "step")
 
 
-def load_model_weights(
-    model: nn.Module, state_dict: Mapping[str, torch.Tensor] | nn.Module, source: str = "state_dict"
-) -> None:
-    """Strictly load ``state_dict`` into ``model`` (names and shapes must match exactly).
+def build(
+    model: LGNNet,
+    items: torch.Tensor,
+    frame_size: tuple[int, int],
+    *,
+    epoch: int | None = None,
+    step: int = 0,
+    args: Mapping[str, Any] | None = None,
+    training: Mapping[str, Any] | None = None,
+) -> dict[str, Any]:
+    """A checkpoint of ``model`` and its memory ``items`` (both copied to the CPU).
 
     Args:
-        model: the bare network to fill, e.g. an :class:`LGNNet` (not a DDP wrapper).
-        state_dict: our state_dict or the reference's (same names); a ``module.`` prefix,
-            a ``{"state_dict": ...}`` / ``{"model": ...}`` wrapper or a whole saved module
-            are tolerated (see :func:`extract_state_dict`).
-        source: what to call the weights in error messages (usually the file path).
+        frame_size: ``(height, width)`` the network was trained at, pixels.
+        epoch, step: epochs finished and steps into the next one.
+        args: the run's flags (plain values).
+        training: ``optimizer``, ``scheduler`` (state_dicts), ``rng_by_rank`` and
+            ``world_size`` for a resumable checkpoint; None for weights only.
+    """
+    checkpoint: dict[str, Any] = {
+        "format": FORMAT,
+        "format_version": FORMAT_VERSION,
+        "kind": TRAINING if training else INFERENCE,
+        "model": {name: tensor.detach().cpu() for name, tensor in model.state_dict().items()},
+        "items": items.detach().float().cpu(),
+        "model_args": model.config.as_dict(),
+        "frame_size": [int(frame_size[0]), int(frame_size[1])],
+        "epoch": epoch,
+        "step": step,
+        "args": dict(args or {}),
+    }
+    checkpoint.update(training or {})
+    return checkpoint
+
+
+def write(checkpoint: Mapping[str, Any], path: str | os.PathLike) -> None:
+    """``torch.save`` the checkpoint to ``path`` atomically (a crash keeps the old file)."""
+    save_torch(dict(checkpoint), path)
+
+
+def _upgraded(saved: dict[str, Any], source: str) -> dict[str, Any]:
+    """A version 1 checkpoint (sizes only in ``args``) in version 2's shape."""
+    args = saved.get("args") or {}
+    sizes = infer_model_sizes(extract_state_dict(saved["model"], source))
+    named = {
+        "channels": "c",
+        "t_length": "t_length",
+        "msize": "msize",
+        "fdim": "fdim",
+        "mdim": "mdim",
+    }
+    for field, flag in named.items():
+        if isinstance(args.get(flag), int):
+            sizes[field] = args[flag]
+    if isinstance(saved["items"], torch.Tensor) and saved["items"].dim() == 2:
+        sizes.setdefault("msize", int(saved["items"].shape[0]))
+    upgraded = dict(saved)
+    upgraded["model_args"] = ModelConfig.from_dict(sizes, source).as_dict()
+    if "h" in args and "w" in args:
+        upgraded["frame_size"] = [int(args["h"]), int(args["w"])]
+    if "rng" in saved and "rng_by_rank" not in saved:
+        upgraded["rng_by_rank"] = [saved["rng"]]
+    kind = TRAINING if {"optimizer", "scheduler"} <= set(saved) else INFERENCE
+    upgraded.update({"format": FORMAT, "format_version": FORMAT_VERSION, "kind": kind})
+    upgraded.setdefault("step", 0)
+    return upgraded
+
+
+def read(
+    path: str | os.PathLike, what: str = "checkpoint", resumable: bool = False
+) -> dict[str, Any]:
+    """The checkpoint at ``path``, read as data and in version 2's shape (see the module
+    notes); tensors memory-mapped where the file allows. With ``resumable`` it must hold
+    everything ``--resume`` needs (:func:`check_resumable`).
 
     Raises:
-        InputError: one line naming ``source`` and the first entry, in the model's order, that
-            is missing or has the wrong shape (with both shapes), else the first unexpected one.
+        InputError: the file is missing, damaged, needs code to be read, or is not a
+            checkpoint of this project (one line naming it and the fix).
     """
-    state = extract_state_dict(state_dict, source)
-    expected = model.state_dict()
-    hint = "check the model size options (channels, t_length, fdim, hidden) or the file"
-    for name, target in expected.items():
-        if name not in state:
-            raise InputError(f"{source}: missing entry {name!r} {_shape(target)}; {hint}")
-        if state[name].shape != target.shape:
-            raise InputError(
-                f"{source}: entry {name!r} has shape {_shape(state[name])} but the model "
-                f"expects {_shape(target)}; {hint}"
-            )
-    for name, value in state.items():
-        if name not in expected:
-            raise InputError(f"{source}: unexpected entry {name!r} {_shape(value)}; {hint}")
-    model.load_state_dict(state, strict=True)
-
-
-def _placeholder_module_class(module_name: str, class_name: str) -> type[nn.Module]:
-    """A stand-in for a class the unpickler cannot import (e.g. the reference's network
-    class). Unpickling an ``nn.Module`` only restores its ``__dict__`` (``_parameters``,
-    ``_buffers``, ``_modules``), so the stand-in's ``state_dict()`` gives the real weights."""
-
-    def forward(self: nn.Module, *args: Any, **kwargs: Any) -> Any:
-        raise RuntimeError(f"placeholder for {module_name}.{class_name} cannot run")
-
-    return type(class_name, (nn.Module,), {"__module__": module_name, "forward": forward})
-
-
-class _TolerantUnpickler(pickle.Unpickler):
-    def find_class(self, module: str, name: str) -> Any:
-        try:
-            return super().find_class(module, name)
-        except (ImportError, AttributeError):
-            return _placeholder_module_class(module, name)
-
-
-# torch.load accepts a module-like ``pickle_module`` with ``Unpickler`` and ``load``.
-_tolerant_pickle = types.ModuleType("tolerant_pickle")
-_tolerant_pickle.Unpickler = _TolerantUnpickler
-_tolerant_pickle.load = pickle.load
-
-
-def _unreadable(path: Path, error: BaseException) -> InputError:
-    text = str(error).strip()
-    reason = text.splitlines()[0] if text else type(error).__name__
-    return InputError(
-        f"{path}: cannot be read as a PyTorch checkpoint ({reason}); pass a file written by "
-        "torch.save"
-    )
-
-
-def _torch_load(path: Path, map_location: Any, allow_pickled_model: bool) -> Any:
-    """``torch.load`` with ``weights_only=True`` first; for a pickled whole model, optionally
-    retry with full unpickling (see :func:`load_reference_checkpoint`)."""
-    try:
-        return torch.load(path, map_location=map_location, weights_only=True)
-    except pickle.UnpicklingError as safe_error:
-        # Raised both for pickled objects other than tensors/containers and for garbage.
-        if not allow_pickled_model:
-            raise InputError(
-                f"{path}: not a plain tensor/state_dict file readable with "
-                "torch.load(weights_only=True); re-save it with torch.save(tensor_or_state_dict)"
-            ) from safe_error
-    except Exception as error:  # truncated, empty or corrupt archive
-        raise _unreadable(path, error) from error
-    try:
-        return torch.load(
-            path, map_location=map_location, weights_only=False, pickle_module=_tolerant_pickle
-        )
-    except Exception as error:  # any unpickling failure means the file is not usable
-        raise _unreadable(path, error) from error
-
-
-def _existing_file(path: str | os.PathLike, what: str) -> Path:
     path = Path(path)
     if not path.is_file():
-        raise InputError(f"{what} file not found: {path}; check the path")
-    return path
-
-
-def load_memory_items(
-    items: torch.Tensor | str | os.PathLike,
-    msize: int,
-    mdim: int,
-    source: str | None = None,
-    map_location: Any = "cpu",
-    hint: str = "check --msize or the items file",
-) -> torch.Tensor:
-    """Validated memory items ``(msize, mdim)`` in fp32, detached.
-
-    Args:
-        items: the items tensor, or a file holding it (``torch.save(items, path)``).
-        msize, mdim: the expected number of items and their dimension.
-        source: name for error messages; defaults to the file path.
-        map_location: where to load a file's tensor (``torch.load``'s argument).
-        hint: the fix the message names when the shape does not fit.
-
-    Raises:
-        InputError: missing/unreadable file, not a tensor, wrong shape (both shapes named)
-            or non-finite values.
-    """
-    if not isinstance(items, torch.Tensor):
-        path = _existing_file(items, "memory items")
-        source = source or str(path)
-        items = _torch_load(path, map_location, allow_pickled_model=False)
-        if not isinstance(items, torch.Tensor):
-            raise InputError(
-                f"{source}: expected a memory items tensor, found {type(items).__name__}; "
-                "pass the file written by torch.save(items, path)"
-            )
-    source = source or "memory items"
-    if _shape(items) != (msize, mdim):
-        raise InputError(
-            f"{source}: memory items have shape {_shape(items)} but the model expects "
-            f"{(msize, mdim)}; {hint}"
-        )
-    items = items.detach().float()
-    if not torch.isfinite(items).all():
-        raise InputError(f"{source}: memory items contain NaN or Inf; use another items file")
-    return items
-
-
-def infer_model_sizes(state_dict: Mapping[str, torch.Tensor]) -> dict[str, int]:
-    """LGNNet constructor sizes read off a reference-layout state_dict.
-
-    ``pred.encoder.0.weight`` is ``(64, c, 3, 3)``, ``encoder.moduleConv1.0.weight`` is
-    ``(64, (t_length-1)*c, 3, 3)``, ``encoder.moduleConv4.3.weight`` is ``(fdim, fdim, 3, 3)``,
-    ``decoder.moduleConv.0.weight`` is ``(512, mdim, 3, 3)``, each cell's ``conv_h.0.weight``
-    is ``(4*hidden, hidden, 3, 3)``. Sizes whose key is absent are left out (the strict load
-    then names the key).
-    """
-    sizes: dict[str, int] = {}
-    frame_conv = state_dict.get("pred.encoder.0.weight")
-    stacked_conv = state_dict.get("encoder.moduleConv1.0.weight")
-    if frame_conv is not None and frame_conv.dim() == 4:
-        sizes["channels"] = frame_conv.shape[1]
-        if stacked_conv is not None and stacked_conv.dim() == 4:
-            sizes["t_length"] = stacked_conv.shape[1] // frame_conv.shape[1] + 1
-    query_conv = state_dict.get("encoder.moduleConv4.3.weight")
-    if query_conv is not None and query_conv.dim() == 4:
-        sizes["fdim"] = query_conv.shape[0]
-    read_conv = state_dict.get("decoder.moduleConv.0.weight")
-    if read_conv is not None and read_conv.dim() == 4:
-        sizes["mdim"] = read_conv.shape[1]
-    hidden_conv = state_dict.get("pred.convlstm_list.0.conv_h.0.weight")
-    if hidden_conv is not None and hidden_conv.dim() == 4:
-        sizes["hidden"] = hidden_conv.shape[1]
-    layers = {name.split(".")[2] for name in state_dict if name.startswith("pred.convlstm_list.")}
-    if layers:
-        sizes["num_layers"] = len(layers)
-    return sizes
-
-
-def load_reference_checkpoint(
-    model_path: str | os.PathLike,
-    items_path: str | os.PathLike,
-    map_location: str | torch.device = "cpu",
-    allow_pickled_model: bool = True,
-    **model_kwargs: int,
-) -> tuple[LGNNet, torch.Tensor]:
-    """Load a network and its memory items saved in the reference release's layout.
-
-    The weights file is read with ``torch.load(weights_only=True)`` first, which covers
-    ``torch.save(model.state_dict())`` files and ours. The reference release saves the whole
-    pickled network (``torch.save(model)``), which ``weights_only`` refuses; if
-    ``allow_pickled_model`` is true the file is then read with full unpickling, which can
-    run code from the file, so only do that with files you trust. Classes the unpickler
-    cannot import (the reference's own network classes) are replaced by empty modules,
-    which is enough to recover their weights.
-
-    Args:
-        model_path: the weights file (state_dict, checkpoint dict or pickled network).
-        items_path: the memory items file, ``(msize, mdim)`` tensor.
-        map_location: the device for the returned model and items (files are read on the
-            CPU first, so checkpoints saved from a GPU load on any machine).
-        allow_pickled_model: permit the full-unpickling fallback described above.
-        **model_kwargs: :class:`LGNNet` sizes; any not given are inferred from the tensors
-            (``msize`` from the items).
-
-    Returns:
-        ``(model, items)``: the model in eval mode and the fp32 items.
-
-    Raises:
-        InputError: a file is missing or unreadable, or its names/shapes do not fit.
-    """
-    model_path = _existing_file(model_path, "model weights")
-    items_path = _existing_file(items_path, "memory items")
-    state = extract_state_dict(
-        _torch_load(model_path, "cpu", allow_pickled_model), source=str(model_path)
-    )
-    raw_items = _torch_load(items_path, "cpu", allow_pickled_model=False)
-    if not isinstance(raw_items, torch.Tensor) or raw_items.dim() != 2:
-        found = _shape(raw_items) if isinstance(raw_items, torch.Tensor) else type(raw_items)
-        raise InputError(
-            f"{items_path}: expected a 2-D memory items tensor (msize, mdim), found {found}; "
-            "pass the items file saved beside the weights"
-        )
-
-    sizes = infer_model_sizes(state)
-    sizes["msize"] = raw_items.shape[0]
-    sizes.update(model_kwargs)
-    try:
-        model = LGNNet(**sizes)
-    except ValueError as error:
-        raise InputError(
-            f"{model_path}: cannot build LGN-Net with sizes {sizes}: {error}"
-        ) from error
-    load_model_weights(model, state, source=str(model_path))
-    items = load_memory_items(raw_items, model.msize, model.mdim, source=str(items_path))
-
-    return model.to(map_location).eval(), items.to(map_location)
-
-
-def read_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
-    """A ``checkpoint.pth`` written by ``train.py``, whole (tensors memory-mapped where the
-    format allows), checked to hold the weights and the memory items."""
-    path = Path(path)
-    try:
-        try:
-            checkpoint = torch.load(path, map_location="cpu", weights_only=False, mmap=True)
-        except RuntimeError:  # legacy (non-zip) files cannot be memory-mapped
-            checkpoint = torch.load(path, map_location="cpu", weights_only=False)
-    except Exception as error:  # truncated, empty or not written by torch.save
-        raise InputError(
-            f"cannot read the checkpoint {path} ({type(error).__name__}); is it a "
-            "checkpoint.pth written by train.py?"
-        ) from None
+        problem = "is a folder" if path.is_dir() else "does not exist"
+        raise InputError(f"the {what} {path} {problem}; give the checkpoint.pth file")
+    saved = load_file(path, what)
+    if resumable:
+        check_resumable(saved if isinstance(saved, dict) else {}, path)
     for entry in ("model", "items"):
-        if not isinstance(checkpoint, dict) or entry not in checkpoint:
+        if not isinstance(saved, dict) or entry not in saved:
             raise InputError(
-                f"{path} is not a train.py checkpoint (no {entry!r} entry); for a bare "
-                "state_dict use --model_dir with --m_items_dir"
+                f"{path} is not a train.py checkpoint (no {entry!r} entry); give a bare "
+                "state_dict as reference weights with its memory items instead (--model_dir "
+                "with --m_items_dir)"
             )
-    return checkpoint
+    version = saved.get("format_version", 1)
+    if version > FORMAT_VERSION:
+        raise InputError(
+            f"{path} has checkpoint format {version}, newer than this version reads "
+            f"({FORMAT_VERSION}); update the code"
+        )
+    return _upgraded(saved, str(path)) if version < FORMAT_VERSION else saved
+
+
+def model_config(saved: Mapping[str, Any], source: str = "checkpoint") -> ModelConfig:
+    """The network sizes a checkpoint stores (``model_args``)."""
+    return ModelConfig.from_dict(saved["model_args"], f"{source}: model_args")
+
+
+def frame_size(saved: Mapping[str, Any]) -> tuple[int, int] | None:
+    """``(height, width)`` the checkpoint's network was trained at; None when unknown."""
+    size = saved.get("frame_size")
+    return (int(size[0]), int(size[1])) if size else None
+
+
+def check_resumable(saved: Mapping[str, Any], path: str | os.PathLike) -> None:
+    """Raise :class:`InputError` unless ``saved`` holds everything ``--resume`` needs."""
+    missing = [entry for entry in RESUME_ENTRIES if entry not in saved]
+    if "rng_by_rank" not in saved and "rng" not in saved:
+        missing.append("rng")
+    if missing:
+        shown = ", ".join(map(repr, missing))
+        raise InputError(
+            f"{path} is not a checkpoint.pth written by train.py (it lacks {shown}); resume "
+            "from a run's checkpoint.pth (model.pth and keys.pt hold weights only)"
+        )
+
+
+def for_publishing(saved: Mapping[str, Any], source: str = "checkpoint") -> dict[str, Any]:
+    """What inference needs of a finished run: floating-point weights as fp16 (half the
+    size; scores move by hundredths of a dB), items in fp32, sizes, flags, epoch and the
+    calibration if any; no optimizer, scheduler or RNG states."""
+    if saved.get("step"):
+        raise InputError(
+            f"{source} was saved mid-epoch (step {saved['step']}); publish a finished run"
+        )
+    published = {
+        key: saved[key]
+        for key in (
+            "format",
+            "format_version",
+            "model_args",
+            "frame_size",
+            "epoch",
+            "args",
+            "calibration",
+        )
+        if key in saved
+    }
+    published["kind"] = INFERENCE
+    published["step"] = 0
+    published["model"] = {
+        name: tensor.half() if tensor.is_floating_point() else tensor.clone()
+        for name, tensor in saved["model"].items()
+    }
+    published["items"] = saved["items"].float().clone()
+    return published
+
+
+def with_calibration(saved: Mapping[str, Any], calibration: Mapping[str, Any]) -> dict[str, Any]:
+    """The checkpoint with detect.py's calibration record (plain data) added or replaced."""
+    return {**saved, "calibration": dict(calibration)}
 
 
 class LoadedModel(NamedTuple):
@@ -320,8 +224,8 @@ class LoadedModel(NamedTuple):
     height: int  # frame size the model scores at, pixels
     width: int
     source: str  # the weights file, for reports and messages
-    checkpoint: dict[str, Any]  # train.py's dictionary (a minimal one for reference weights)
-    path: Path | None  # the local checkpoint.pth, None for reference-layout weights
+    checkpoint: dict[str, Any]  # the checkpoint (built in memory for reference weights)
+    path: Path | None  # the local checkpoint file, None for reference-layout weights
 
 
 def load_for_inference(
@@ -335,87 +239,64 @@ def load_for_inference(
     t_length: int | None = None,
     msize: int | None = None,
     device: torch.device | str = "cpu",
+    reference_names: tuple[str, str] = ("--model_dir", "--m_items_dir"),
 ) -> LoadedModel:
-    """Build LGN-Net and its memory for scoring, from ``checkpoint`` (a ``checkpoint.pth`` of
-    ``train.py``: a path, an ``http(s)://``/``file://`` URL or a published name) or from the
-    reference release's pair ``model_dir`` (state_dict) + ``m_items_dir`` (items tensor).
+    """Build LGN-Net and its memory for scoring, from a local ``checkpoint`` file (ours:
+    names and URLs are resolved by :func:`model.pretrained.resolve_checkpoint` first) or from
+    the reference release's pair ``model_dir`` (weights) + ``m_items_dir`` (items tensor).
 
-    Sizes left as None come from the checkpoint (reference weights: from the tensors, and
-    256x256 frames, the reference default). A frame size that differs from the one a
-    checkpoint was trained at is refused: the scores would silently mean something else.
+    Sizes given here override the stored ones (then the strict load names any entry that
+    does not fit); ``reference_names`` are how messages name the reference pair. The frame
+    size is the checkpoint's (reference weights: ``height``/
+    ``width``, else 256x256, the reference default); another one is refused: the scores
+    would silently mean something else.
 
     Raises:
         InputError: one line naming the file or flag and the fix.
     """
-    from model.pretrained import resolve_checkpoint
-
+    check_frame_size(height, width)
+    given = {"channels": channels, "t_length": t_length, "msize": msize}
     if checkpoint:
-        path: Path | None = resolve_checkpoint(str(checkpoint))
-        saved = read_checkpoint(path)
-        trained = saved.get("args") or {}
-        state_dict, raw_items, source, items_source = (
-            saved["model"], saved["items"], str(path), str(path)
-        )  # fmt: skip
-        for flag, given, name in (("--h", height, "h"), ("--w", width, "w")):
-            if given is not None and name in trained and given != trained[name]:
+        path: Path | None = Path(checkpoint)
+        saved = read(path)
+        trained = frame_size(saved)
+        for flag, value, index in (("--h", height, 0), ("--w", width, 1)):
+            if trained and value is not None and value != trained[index]:
                 raise InputError(
-                    f"{flag} {given} differs from the {trained['h']}x{trained['w']} frames "
-                    f"{path} was trained at; drop --h/--w (the size is read from the checkpoint)"
+                    f"{flag} {value} differs from the {trained[0]}x{trained[1]} frames {path} "
+                    "was trained at; drop --h/--w (the size is read from the checkpoint)"
                 )
+        config = ModelConfig(**{**model_config(saved, str(path)).as_dict(), **_not_none(given)})
+        state, raw_items, source, items_source = (
+            saved["model"],
+            saved["items"],
+            str(path),
+            str(path),
+        )
+        size = trained or (height or FRAME_SIZE, width or FRAME_SIZE)
     elif model_dir and m_items_dir:
-        path, trained = None, {}
-        state_dict = _read_weights_file(model_dir, "--model_dir")
-        raw_items = _read_weights_file(m_items_dir, "--m_items_dir")
+        path, saved = None, {}
+        weights_name, items_name = reference_names
+        state = extract_state_dict(read_weights_file(model_dir, weights_name), str(model_dir))
+        raw_items = read_weights_file(m_items_dir, items_name, pickled_network=False)
         source, items_source = str(model_dir), str(m_items_dir)
+        if not isinstance(raw_items, torch.Tensor):
+            raise InputError(
+                f"{items_source}: the memory items are a {type(raw_items).__name__}, not a "
+                "tensor; pass the items file saved beside the weights (keys.pt)"
+            )
+        config = reference_model_config(state, raw_items, **given)
+        size = (height or FRAME_SIZE, width or FRAME_SIZE)
     else:
-        raise InputError("give --checkpoint, or both --model_dir and --m_items_dir")
-    state_dict = extract_state_dict(state_dict, source)
-    if not isinstance(raw_items, torch.Tensor):
-        raise InputError(
-            f"{items_source}: the memory items are a {type(raw_items).__name__}, not a tensor; "
-            "pass the items file saved beside the weights (keys.pt)"
-        )
-
-    inferred = infer_model_sizes(state_dict)
-    height = height or trained.get("h", 256)
-    width = width or trained.get("w", 256)
-    channels = channels or trained.get("c") or inferred.get("channels", 3)
-    t_length = t_length or trained.get("t_length") or inferred.get("t_length", 5)
-    msize = msize or trained.get("msize") or int(raw_items.shape[0])
-    # The weights fix the item dimension, so items of another one are reported as such.
-    dim = trained.get("mdim") or inferred.get("mdim")
-    dim = dim or (int(raw_items.shape[-1]) if raw_items.dim() == 2 else 512)
-    for flag, value in (("--h", height), ("--w", width)):
-        if value <= 0 or value % 8:
-            raise InputError(f"{flag} {value} must be a positive multiple of 8")
-    layers = {key: inferred[key] for key in ("hidden", "num_layers") if key in inferred}
-    model = LGNNet(channels=channels, t_length=t_length, msize=msize, fdim=dim, mdim=dim, **layers)
-    load_model_weights(model, state_dict, source=source)
-    items = load_memory_items(raw_items, msize, dim, source=items_source)
-    if path is None:  # what detect.py's calibration stores beside reference weights
-        saved = {
-            "model": {k: v.detach().cpu() for k, v in model.state_dict().items()},
-            "items": items.detach().cpu(),
-            "args": {"h": height, "w": width, "c": channels, "t_length": t_length,
-                     "msize": msize, "fdim": dim, "mdim": dim},
-        }  # fmt: skip
+        raise InputError("give a checkpoint, or both reference files (weights and memory items)")
+    model = LGNNet.from_config(config)
+    load_model_weights(model, state, source=source)
+    items = load_memory_items(raw_items, config.msize, config.mdim, source=items_source)
+    if path is None:  # what detect.py's calibration writes out beside reference weights
+        saved = build(model, items, size)
     model = model.to(device).eval()
-    return LoadedModel(model, items.to(device), height, width, source, saved, path)
+    return LoadedModel(model, items.to(device), size[0], size[1], source, saved, path)
 
 
-def _read_weights_file(path: str | os.PathLike, flag: str) -> Any:
-    """``torch.load`` of a weights or items file; a missing or unreadable one names ``flag``.
-    A whole pickled network of a class that cannot be imported (the reference release's
-    ``torch.save(model)``) is read as in :func:`load_reference_checkpoint`."""
-    if not Path(path).is_file():
-        what = "is a folder" if Path(path).is_dir() else "does not exist"
-        raise InputError(f"{flag} {path} {what}; give the file's path")
-    try:
-        return torch.load(
-            path, map_location="cpu", weights_only=False, pickle_module=_tolerant_pickle
-        )
-    except Exception as error:  # truncated, empty or not written by torch.save
-        raise InputError(
-            f"cannot read the {flag} file {path} ({type(error).__name__}); it may be damaged "
-            "or not written by torch.save"
-        ) from None
+def _not_none(values: Mapping[str, int | None]) -> dict[str, int]:
+    return {name: value for name, value in values.items() if value is not None}

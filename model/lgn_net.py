@@ -8,6 +8,7 @@ from typing import NamedTuple
 import torch
 from torch import nn
 
+from model.config import ModelConfig
 from model.memory import (
     feature_distance,
     flatten_query,
@@ -50,13 +51,13 @@ class LGNNet(nn.Module):
 
     def __init__(
         self,
-        channels: int = 3,
-        t_length: int = 5,
-        msize: int = 10,
-        fdim: int = 512,
-        mdim: int = 512,
-        hidden: int = 128,
-        num_layers: int = 4,
+        channels: int = ModelConfig.channels,
+        t_length: int = ModelConfig.t_length,
+        msize: int = ModelConfig.msize,
+        fdim: int = ModelConfig.fdim,
+        mdim: int = ModelConfig.mdim,
+        hidden: int = ModelConfig.hidden,
+        num_layers: int = ModelConfig.num_layers,
     ) -> None:
         super().__init__()
         if fdim != mdim:
@@ -68,6 +69,8 @@ class LGNNet(nn.Module):
         self.msize = msize
         self.fdim = fdim
         self.mdim = mdim
+        self.hidden = hidden
+        self.num_layers = num_layers
         self.encoder = PrototypeEncoder((t_length - 1) * channels, fdim)
         self.decoder = PrototypeDecoder(mdim, channels)
         self.pred = SpatioTemporalBranch(channels, hidden, num_layers)
@@ -75,6 +78,19 @@ class LGNNet(nn.Module):
         # The training step's item update; distributed training swaps in a version that
         # combines the queries of all processes (model.memory.update_memory_distributed).
         self.memory_update: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] = update_memory
+
+    @classmethod
+    def from_config(cls, config: ModelConfig) -> LGNNet:
+        """The network of ``config`` (``LGNNet(**config.as_dict())``)."""
+        return cls(**config.as_dict())
+
+    @property
+    def config(self) -> ModelConfig:
+        """The sizes this network was built with: what checkpoints store as ``model_args``."""
+        return ModelConfig(
+            self.channels, self.t_length, self.msize, self.fdim, self.mdim,
+            self.hidden, self.num_layers,
+        )  # fmt: skip
 
     def check_input(self, frames: torch.Tensor) -> None:
         """Raise ``ValueError`` unless frames are ``(B, (t_length-1)*c, H, W)``, H, W % 8 == 0."""
@@ -100,7 +116,12 @@ class LGNNet(nn.Module):
         return Encoded(features, spatiotemporal)
 
     def decode(self, memory_read: torch.Tensor, spatiotemporal: torch.Tensor) -> torch.Tensor:
-        """Predicted next frame ``(B, c, H, W)`` in [-1, 1] from the memory read and the map."""
+        """Predicted next frame ``(B, c, H, W)`` in [-1, 1] from the memory read
+        ``(B, mdim, H/8, W/8)`` and the spatiotemporal map ``(B, 64, H, W)``.
+
+        The decoder consumes the read alone, not MNAD's concatenation of the query with the
+        read: in LGN-Net the query reaches the prediction only through the memory, and the
+        local branch's map joins at full resolution instead."""
         return self.decoder(memory_read.to(spatiotemporal.dtype), spatiotemporal)
 
     def forward_train(self, frames: torch.Tensor, items: torch.Tensor) -> TrainOutput:

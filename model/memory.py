@@ -44,6 +44,9 @@ def read_memory(
 ) -> torch.Tensor:
     """Memory read: softmax over items (per query), weights detached, times the items.
 
+    The decoder consumes this read alone (:meth:`model.lgn_net.LGNNet.decode`), unlike MNAD,
+    which concatenates it with the query.
+
     Args:
         queries: ``(N, D)`` unit-norm queries, N = B*h*w.
         items: ``(M, D)``.
@@ -94,7 +97,10 @@ def summed_query_updates(
 
 @torch.no_grad()
 def update_memory(queries: torch.Tensor, items: torch.Tensor) -> torch.Tensor:
-    """The memory update rule of SPEC, vectorised.
+    """The memory update rule, vectorised: each query is assigned to its best item; item i
+    receives ``Σ_j (score_query[j,i] / max_k score_query[k,i]) · q_j`` over its assigned
+    queries j (score_query: softmax over the N queries, per item); items with no query
+    receive nothing; the sums are added to the items, which are then L2-normalised.
 
     Args:
         queries: ``(N, D)`` unit-norm queries (from :func:`flatten_query`).

@@ -1,42 +1,67 @@
-"""Published LGN-Net weights, how ``--checkpoint`` names resolve to files, and how a trained
-checkpoint becomes a published file.
+"""Published LGN-Net weights, how a checkpoint argument (a path, a URL or a published name)
+becomes a local file, and how a trained checkpoint becomes a published file.
 
 ``PUBLISHED_WEIGHTS`` maps a short name (``--checkpoint ped2``) to a file kept in the
 repository under ``weights/`` with its sha256, and optionally a download URL of a mirror: a
 name resolves to the bundled file when it is there (checked against the sha256), else the file
 is downloaded once into the torch.hub cache and checked. No trained weights are published yet.
+Whatever the source, the file is then read as data only (``model.checkpoint.read``).
 
 Make a published file from a ``train.py`` checkpoint with::
 
     python -m model.pretrained export exp/ped2/run/checkpoint.pth weights/lgn_net_ped2.pth
 
-It keeps what inference needs (the weights in fp16, the memory items in fp32, the sizes and
-flags, the epoch, the calibration if any) and prints the sha256 and the entry to add below.
+It keeps what inference needs (``model.checkpoint.for_publishing``: the weights in fp16, the
+memory items in fp32, the sizes and flags, the epoch, the calibration if any) and prints the
+sha256 and the entry to add below.
 """
 
 from __future__ import annotations
 
 import argparse
 import sys
+import urllib.parse
+import urllib.request
 from pathlib import Path
 from typing import Any
 
-import torch
-
-from utils import InputError, atomic_write
+from common.download import cache_path_for, cached_download, file_sha256
+from common.errors import InputError
+from common.outputs import check_outputs
+from model import checkpoint as checkpoint_format
 
 WEIGHTS_DIR = Path(__file__).resolve().parents[1] / "weights"
-EXPORT_FORMAT = "lgn-net-inference-1"
 
 # name -> {"file": name under weights/, "sha256": ..., "url": optional mirror, "about": ...}
 PUBLISHED_WEIGHTS: dict[str, dict[str, str]] = {}
 
 
+def published_names() -> str:
+    """The published names for messages (``none published yet`` when there are none)."""
+    return ", ".join(sorted(PUBLISHED_WEIGHTS)) or "none published yet"
+
+
+def local_path(spec: str) -> Path | None:
+    """Where the file that ``spec`` names lies, or will lie once downloaded, without
+    downloading anything (for checking outputs against it); None when it cannot be known."""
+    if spec in PUBLISHED_WEIGHTS:
+        entry = PUBLISHED_WEIGHTS[spec]
+        bundled = WEIGHTS_DIR / entry["file"]
+        if bundled.is_file() or not entry.get("url"):
+            return bundled
+        return cache_path_for(entry["url"])
+    scheme = urllib.parse.urlparse(spec).scheme
+    if scheme == "file":
+        return Path(urllib.request.url2pathname(urllib.parse.urlparse(spec).path))
+    if "://" in spec:
+        return cache_path_for(spec)
+    return Path(spec)
+
+
 def resolve_checkpoint(spec: str, cache_dir: Path | None = None) -> Path:
     """A local path, an ``http(s)://``/``file://`` URL (downloaded once into the torch.hub
     cache), or a name from ``PUBLISHED_WEIGHTS`` (the bundled file, else its mirror)."""
-    from data.download import cached_download, file_sha256
-
+    spec = str(spec)
     if spec in PUBLISHED_WEIGHTS:
         entry = PUBLISHED_WEIGHTS[spec]
         bundled = WEIGHTS_DIR / entry["file"]
@@ -61,40 +86,22 @@ def resolve_checkpoint(spec: str, cache_dir: Path | None = None) -> Path:
         fix = f"did you mean {inside}?" if inside.is_file() else "give the checkpoint.pth file"
         raise InputError(f"checkpoint {spec} is a folder; {fix}")
     if not path.is_file():
-        known = ", ".join(sorted(PUBLISHED_WEIGHTS)) or "none published yet"
         raise InputError(
             f"checkpoint {spec} does not exist; give a checkpoint.pth path, a URL, or a "
-            f"published name ({known})"
+            f"published name ({published_names()})"
         )
     return path
 
 
 def export_weights(checkpoint: str | Path, output: str | Path) -> dict[str, Any]:
-    """Write the inference part of a ``train.py`` checkpoint to ``output`` (atomically):
-    floating-point weights as fp16, memory items as fp32, sizes, flags, epoch, calibration.
-    :func:`model.checkpoint.load_for_inference` reads it like any checkpoint. Returns it."""
-    from model.checkpoint import read_checkpoint
-
-    saved = read_checkpoint(checkpoint)
-    if saved.get("step"):
-        raise InputError(
-            f"{checkpoint} was saved mid-epoch (step {saved['step']}); publish a finished run"
-        )
-    weights = {
-        name: tensor.half() if tensor.is_floating_point() else tensor.clone()
-        for name, tensor in saved["model"].items()
-    }
-    exported = {
-        "format": EXPORT_FORMAT,
-        "model": weights,
-        "items": saved["items"].float().clone(),
-        "args": dict(saved.get("args") or {}),
-        "epoch": saved.get("epoch"),
-    }
-    if "calibration" in saved:
-        exported["calibration"] = saved["calibration"]
-    atomic_write(Path(output), lambda path: torch.save(exported, path))
-    return exported
+    """Write the inference part of a ``train.py`` checkpoint to ``output`` (atomically; see
+    :func:`model.checkpoint.for_publishing`). The output may not be the checkpoint itself.
+    Returns what was written."""
+    check_outputs({"output": output}, inputs={"checkpoint": checkpoint})
+    saved = checkpoint_format.read(checkpoint)
+    published = checkpoint_format.for_publishing(saved, str(checkpoint))
+    checkpoint_format.write(published, output)
+    return published
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -106,8 +113,6 @@ def main(argv: list[str] | None = None) -> int:
     export.add_argument("checkpoint", help="checkpoint.pth written by train.py")
     export.add_argument("output", help="where the published file goes, e.g. weights/x.pth")
     args = parser.parse_args(argv)
-    from data.download import file_sha256
-
     try:
         export_weights(args.checkpoint, args.output)
     except InputError as error:

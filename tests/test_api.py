@@ -10,14 +10,15 @@ import pytest
 import torch
 
 import model.pretrained as pretrained
-from data.download import file_sha256
+from common.download import file_sha256
+from common.errors import InputError
 from data.sources import preprocess
 from inference import load_scorer
 from inference.calibration import calibration_from_scores, threshold_for_rate
 from inference.video import evaluate_video
 from model import LGNNet, init_memory_items
 from model.checkpoint import load_for_inference
-from utils import InputError, normality_scores
+from utils import normality_scores
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 SIZES = {"t_length": 3, "msize": 3, "fdim": 16, "mdim": 16}
@@ -35,7 +36,9 @@ def checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
         "args": {"h": 16, "w": 24, "c": 3, **SIZES},
         "epoch": 4,
         "step": 0,
-        "calibration": calibration_from_scores([20.0, 21.0, 22.0], [0.1, 0.2, 0.3]),
+        "calibration": calibration_from_scores(
+            np.linspace(20.0, 22.0, 100), np.linspace(0.1, 0.3, 100)
+        ),
     }
     path = tmp_path_factory.mktemp("run") / "checkpoint.pth"
     torch.save(saved, path)
@@ -83,7 +86,7 @@ def test_export_keeps_what_inference_needs_in_fp16(checkpoint: Path, tmp_path: P
     published = tmp_path / "lgn_net_tiny.pth"
     assert pretrained.main(["export", str(checkpoint), str(published)]) == 0
     saved = torch.load(published, weights_only=False)
-    assert saved["format"] == pretrained.EXPORT_FORMAT and "optimizer" not in saved
+    assert (saved["format"], saved["kind"]) == ("lgn-net", "inference") and "optimizer" not in saved
     assert saved["model"]["decoder.moduleDeconv1.6.weight"].dtype == torch.float16
     assert saved["items"].dtype == torch.float32 and saved["epoch"] == 4
     assert saved["calibration"] == torch.load(checkpoint, weights_only=False)["calibration"]
@@ -140,5 +143,7 @@ def test_published_weights_through_the_api_and_torch_hub(published: Path) -> Non
     hub = torch.hub.load(str(REPO_ROOT), "lgn_net", weights="tiny", source="local", device="cpu")
     frames = clip_frames(6)
     np.testing.assert_array_equal(hub.score(frames).psnr, scorer.score(frames).psnr)
-    untrained = torch.hub.load(str(REPO_ROOT), "lgn_net", source="local", device="cpu")
+    untrained = torch.hub.load(
+        str(REPO_ROOT), "lgn_net", weights="untrained", source="local", device="cpu"
+    )
     assert sum(p.numel() for p in untrained.model.parameters()) == 22_753_667

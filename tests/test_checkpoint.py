@@ -12,14 +12,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from common.errors import InputError
 from model import LGNNet, init_memory_items
-from model.checkpoint import (
-    load_for_inference,
-    load_memory_items,
-    load_model_weights,
-    load_reference_checkpoint,
-)
-from utils import InputError
+from model.checkpoint import load_for_inference
+from model.weights import load_memory_items, load_model_weights, load_reference_checkpoint
 
 HIDDEN = 128
 LAYERS = 4

@@ -12,6 +12,8 @@ import torch
 import torch.nn.functional as F
 
 import detect
+from common.cli import run_cli
+from common.errors import InputError
 from data import sources as frame_sources
 from data.frames import FrameWindowDataset, decode_frame, frames_to_tensor, list_videos
 from data.labels import write_ano_pred_mat
@@ -21,7 +23,6 @@ from inference.video import evaluate_video
 from model import LGNNet, init_memory_items
 from model.lgn_net import Encoded, InferOutput
 from model.memory import feature_distance, flatten_query
-from utils import InputError, run_cli
 
 SIZE = 32  # stub scenes are SIZE x SIZE
 TINY = 8  # the real model runs at TINY x TINY
@@ -209,21 +210,25 @@ def test_decision_metrics_by_hand():
 def test_injected_anomaly_is_flagged_there_and_nowhere_else(tmp_path):
     # Normal footage with sensor noise varying from frame to frame; the test video's noise
     # lies inside that range, so its normal frames are ordinary for the calibration.
-    calibration_video = write_video(tmp_path / "normal.avi", scene(60, 1, noise=(2, 4, 6, 8)))
+    # 100 scored frames: the fewest that support a 1 % false-alarm rate.
+    calibration_video = write_video(tmp_path / "normal.avi", scene(102, 1, noise=(2, 4, 6, 8)))
     first, last = 20, 27
     test_video = write_video(tmp_path / "street.avi", scene(40, 2, anomaly=(first, last)))
 
     scorer = stub_scorer(keep_error_maps=True)
     calibration = calib.calibrate(scorer, frame_sources.open_input(str(calibration_video)))
-    assert calibration["frames"] == 60 - 2 and calibration["videos"] == 1
+    assert calibration["frames"] == 102 - 2 and calibration["videos"] == 1
+    outputs = detection.DetectionOutputs(
+        scores=tmp_path / "out" / "scores.csv", video=tmp_path / "out" / "annotated.mp4"
+    )
     result = detection.detect(
         scorer,
         frame_sources.open_input(str(test_video)),
         calibration,
         false_alarm_rate=0.01,
-        csv_path=tmp_path / "out" / "scores.csv",
-        video_out=tmp_path / "out" / "annotated.mp4",
+        outputs=outputs,
     )
+    outputs.commit(result.events)
 
     rows = (tmp_path / "out" / "scores.csv").read_text().splitlines()
     assert rows[0] == "video,frame,psnr,feature_distance,normality,anomaly"
@@ -258,7 +263,9 @@ def test_streaming_scores_equal_evaluate_video_and_cli_round_trip(tmp_path, tiny
     the CLI would compute in bf16 on CPUs that have it natively, and compare unlike with like."""
     checkpoint = tmp_path / "calibrated.pth"
     normal = write_video(tmp_path / "normal.avi", scene(6, 3, noise=(2, 6), size=16))
-    cli("--calibrate", "--checkpoint", tiny_checkpoint, "--input", normal, *FP32)
+    # 4 scored frames support a false-alarm rate of 1 in 4 at the least.
+    rate = ("--false_alarm_rate", "0.25")
+    cli("--calibrate", "--checkpoint", tiny_checkpoint, "--input", normal, *rate, *FP32)
     cli(
         "--calibrate",
         "--checkpoint",
@@ -267,6 +274,7 @@ def test_streaming_scores_equal_evaluate_video_and_cli_round_trip(tmp_path, tiny
         normal,
         "--output_checkpoint",
         checkpoint,
+        *rate,
         *FP32,
     )
     saved = torch.load(checkpoint, weights_only=False)
@@ -324,13 +332,15 @@ def test_calibrate_training_run_reuses_the_training_frames(tmp_path):
     path = tmp_path / "checkpoint.pth"
     torch.save({"model": {}, "items": scorer.trained_items, "epoch": 3}, path)
 
-    calibration = calib.calibrate_training_run(path, scorer.model, scorer.trained_items, dataset)
+    calibration = calib.calibrate_training_run(
+        path, scorer.model, scorer.trained_items, dataset, false_alarm_rate=0.1
+    )
     saved = torch.load(path, weights_only=False)
     assert saved["calibration"] == calibration and saved["epoch"] == 3
     assert calibration["frames"] == (8 - 2) + (6 - 2) and calibration["videos"] == 2
 
     # The same frames read from the folders give the same statistics.
-    again = calib.calibrate(stub_scorer(), frame_sources.open_input(str(split)))
+    again = calib.calibrate(stub_scorer(), frame_sources.open_input(str(split)), 0.6, 0.1)
     assert again["psnr_mean"] == pytest.approx(calibration["psnr_mean"])
     assert again["distance_std"] == pytest.approx(calibration["distance_std"])
 
@@ -340,7 +350,9 @@ def test_max_frames_stops_a_stream_and_videos_restart_from_the_trained_memory(tm
     write_frames(folder / "a", scene(10, 8))
     write_frames(folder / "b", scene(10, 8))  # identical to "a"
     scorer = stub_scorer()
-    calibration = calib.calibration_from_scores([30.0, 31.0, 32.0], [0.001, 0.002, 0.003])
+    calibration = calib.calibration_from_scores(
+        np.linspace(30.0, 32.0, 100), np.linspace(0.001, 0.003, 100)
+    )
     result = detection.detect(
         scorer, frame_sources.open_input(str(folder)), calibration, keep_scores=True, max_frames=16
     )
@@ -353,7 +365,7 @@ def test_dataset_mode_scores_decisions_against_the_frame_labels(tmp_path):
     """The benchmark path: calibrate on training/ only, detect on testing/, metrics against
     the dataset's own label file."""
     root = tmp_path / "toy"
-    write_frames(root / "training" / "frames" / "01", scene(40, 10, noise=(2, 4, 6, 8)))
+    write_frames(root / "training" / "frames" / "01", scene(102, 10, noise=(2, 4, 6, 8)))
     write_frames(root / "testing" / "frames" / "01", scene(24, 11, anomaly=(10, 14)))
     write_frames(root / "testing" / "frames" / "02", scene(16, 12))
     labels = [np.zeros(24, int), np.zeros(16, int)]
@@ -362,7 +374,7 @@ def test_dataset_mode_scores_decisions_against_the_frame_labels(tmp_path):
 
     scorer = stub_scorer()
     calibration = calib.calibrate(scorer, frame_sources.dataset_sources(root, "training"))
-    assert calibration["frames"] == 38
+    assert calibration["frames"] == 100
     result, metrics = detection.score_dataset(scorer, calibration, root, false_alarm_rate=0.01)
 
     flagged = [
@@ -428,7 +440,9 @@ def test_stream_ending_before_one_window_writes_empty_outputs_and_exits_2(
     tmp_path, tiny_checkpoint, capsys
 ):
     checkpoint = torch.load(tiny_checkpoint, weights_only=False)
-    checkpoint["calibration"] = calib.calibration_from_scores([20.0, 21.0], [0.1, 0.2])
+    checkpoint["calibration"] = calib.calibration_from_scores(
+        np.linspace(20.0, 21.0, 100), np.linspace(0.1, 0.2, 100)
+    )
     calibrated = tmp_path / "calibrated.pth"
     torch.save(checkpoint, calibrated)
     short = write_video(tmp_path / "short.avi", scene(2, 1, size=16))  # t_length is 3
@@ -450,7 +464,9 @@ def test_ctrl_c_keeps_the_outputs_so_far_and_exits_130(
     import inference.detection
 
     checkpoint = torch.load(tiny_checkpoint, weights_only=False)
-    checkpoint["calibration"] = calib.calibration_from_scores([20.0, 21.0], [0.1, 0.2])
+    checkpoint["calibration"] = calib.calibration_from_scores(
+        np.linspace(20.0, 21.0, 100), np.linspace(0.1, 0.2, 100)
+    )
     calibrated = tmp_path / "calibrated.pth"
     torch.save(checkpoint, calibrated)
     clip = write_video(tmp_path / "clip.avi", scene(8, 1, size=16))

@@ -20,11 +20,11 @@ import torch.nn.functional as F
 
 import evaluate
 import train
+from common.errors import InputError
 from data.demo import ensure_demo_dataset
 from model import LGNNet, init_memory_items, update_memory
 from model.memory import update_memory_distributed
 from training import distributed
-from utils import InputError
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 WORLD = 2

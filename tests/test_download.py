@@ -13,8 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from data.download import cached_download, default_cache_dir, download_file, file_sha256
-from utils import InputError
+from common.download import cached_download, default_cache_dir, download_file, file_sha256
+from common.errors import InputError
 
 
 class RecordingHandler(http.server.SimpleHTTPRequestHandler):

@@ -27,11 +27,13 @@ import evaluate
 import train
 import training.loop
 import training.run_state
+from common.cli import run_cli
+from common.errors import InputError
+from common.files import atomic_write
 from data.labels import write_ano_pred_mat
 from inference.benchmark import write_scores_csv
 from model import LGNNet
-from model.checkpoint import load_model_weights
-from utils import InputError, atomic_write, run_cli
+from model.weights import load_model_weights
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 # The smallest network train.py builds: one input frame (t_length 2), 64-dim memory.
@@ -749,7 +751,7 @@ def test_detect_flags_checked_before_any_work(tmp_path: Path, checkpoint: Path) 
 
 
 def test_detect_outputs_get_the_usual_permissions(tmp_path: Path) -> None:
-    from utils import PendingFile
+    from common.files import PendingFile
 
     umask = os.umask(0o022)
     try:

@@ -10,13 +10,13 @@ import torch
 from torch.utils.data import DataLoader
 
 import training.loop
+from common.errors import InputError
 from data.demo import ensure_demo_dataset
 from data.device_frames import DeviceWindows
 from data.frames import FrameWindowDataset, find_split_dir, list_videos
 from inference.video import compiled_scoring_functions, evaluate_video
 from model import LGNNet, init_memory_items
 from training.loop import StepModel, epoch_batches, train_one_epoch
-from utils import InputError
 
 TINY = {"msize": 4, "fdim": 16, "mdim": 16, "hidden": 8}
 

@@ -11,6 +11,7 @@ import pytest
 import torch
 
 import data.frames as frames_module
+from common.errors import InputError
 from data.frames import (
     FrameCache,
     FrameWindowDataset,
@@ -21,7 +22,6 @@ from data.frames import (
     list_videos,
     open_split,
 )
-from utils import InputError
 
 H, W = 6, 8
 

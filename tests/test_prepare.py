@@ -21,10 +21,10 @@ import numpy as np
 import pytest
 import scipy.io
 
+from common.errors import InputError
 from data import prepare as prep
 from data.frames import find_split_dir, list_videos
 from data.labels import load_frame_labels
-from utils import InputError
 
 H, W = 12, 16
 

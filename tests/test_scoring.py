@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 import torch
 
+from common.files import atomic_write
 from utils import (
-    atomic_write,
     equal_error_rate,
     frame_auc,
     frame_errors,

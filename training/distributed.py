@@ -21,9 +21,9 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import BatchSampler, DistributedSampler
 
+from common.errors import InputError
 from model import LGNNet
 from model.memory import update_memory_distributed
-from utils import InputError
 
 T = TypeVar("T")
 

@@ -12,8 +12,11 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
+from common.devices import autocast
+from common.errors import InputError
+from model.config import ModelConfig
 from training import distributed
-from utils import InputError, autocast
+from training.config import TrainConfig
 
 
 def epoch_batches(num_windows: int, batch_size: int, seed: int, epoch: int) -> list[list[int]]:
@@ -49,23 +52,24 @@ class StopRequested:
         return self.signal_name is not None
 
 
+class EpochPosition(NamedTuple):
+    """Where an epoch stands in its run: for messages, and after a mid-epoch resume."""
+
+    epoch: int = 0  # 0-based index of this epoch
+    epochs: int = 1  # the run's length
+    start_step: int = 0  # index of the first batch (after a mid-epoch resume)
+
+
 def train_one_epoch(
     model: torch.nn.Module,
     loader: Iterable[torch.Tensor],
     items: torch.Tensor,
     optimizer: torch.optim.Optimizer,
     device: torch.device,
+    settings: StepSettings | None = None,
     *,
-    loss_compact: float = 10.0,
-    loss_separate: float = 5.0,
-    channels: int = 3,
-    dtype: torch.dtype | None = None,
-    epoch: int = 0,
-    epochs: int = 1,
-    start_step: int = 0,
+    position: EpochPosition | None = None,
     stop: StopRequested | None = None,
-    scaler: torch.amp.GradScaler | None = None,
-    sync_check_every: int = 0,
     sync_every: int = 1,
 ) -> tuple[torch.Tensor, dict[str, float], int]:
     """One pass over ``loader``'s batches: per batch one forward, the loss
@@ -78,12 +82,11 @@ def train_one_epoch(
         loader: batches of windows ``(B, t_length*channels, H, W)`` in [-1, 1], the last
             ``channels`` being the frame to predict.
         items: memory items ``(msize, mdim)`` before the epoch.
-        dtype: autocast dtype (None: fp32).
-        epoch, epochs: 0-based epoch index and the run's length, for messages.
-        start_step: index of the first batch (after a mid-epoch resume).
+        settings: loss weights, precision, loss scaling, sync checks (default
+            :class:`StepSettings`'s: the paper's loss weights, fp32).
+        position: the epoch's index, the run's length and the first step (messages, resume).
         stop: checked after every step; training stops early when set (on any process:
             all processes stop after the same step).
-        sync_check_every: every N steps verify that all processes agree (0: never).
         sync_every: read the losses back (progress bar, non-finite check) every N steps
             only, so that on a GPU the host queues steps without waiting for each (1: every
             step, and a non-finite loss stops the run before its optimizer step).
@@ -93,16 +96,16 @@ def train_one_epoch(
         and the losses are pooled over all processes.
     """
     runner = model if isinstance(model, StepModel) else StepModel(model)
-    settings = StepSettings(loss_compact, loss_separate, channels, dtype, scaler)
+    settings, position = settings or StepSettings(), position or EpochPosition()
     runner.eager.train()
     names = ("loss", "pixel", "compact", "separate")
     totals = torch.zeros(len(names), dtype=torch.float64, device=device)
     first_bad = torch.full((), -1, dtype=torch.long, device=device)  # first non-finite step
-    count = 0
-    step = start_step
+    epoch, every = position.epoch, settings.sync_check_every
+    count, step = 0, position.start_step
     bar = tqdm(
         loader,
-        desc=f"epoch {epoch + 1}/{epochs}",
+        desc=f"epoch {epoch + 1}/{position.epochs}",
         leave=False,
         dynamic_ncols=True,
         disable=not distributed.is_main(),
@@ -121,7 +124,7 @@ def train_one_epoch(
             raise_if_not_finite(first_bad, loss, epoch)
             means = {k: f"{v / count:.4f}" for k, v in zip(names, totals.tolist(), strict=True)}
             bar.set_postfix(means)
-        if sync_check_every and step % sync_check_every == 0:
+        if every and step % every == 0:
             check_processes_in_sync(runner.eager, items, f"after epoch {epoch + 1}, step {step}")
         if distributed.any_rank(bool(stop)):
             break
@@ -144,11 +147,14 @@ def raise_if_not_finite(first_bad: torch.Tensor, loss: torch.Tensor, epoch: int)
 
 
 class StepSettings(NamedTuple):
-    loss_compact: float  # weight of the compactness loss
-    loss_separate: float  # weight of the separateness loss
-    channels: int  # channels per frame: the window's last ones are the target
-    dtype: torch.dtype | None  # autocast dtype, None for fp32
-    scaler: torch.amp.GradScaler | None  # fp16 loss scaling
+    """How each training step runs (defaults: the paper's loss weights, fp32)."""
+
+    loss_compact: float = TrainConfig.loss_compact  # weight of the compactness loss
+    loss_separate: float = TrainConfig.loss_separate  # weight of the separateness loss
+    channels: int = ModelConfig.channels  # channels per frame: the window's last are the target
+    dtype: torch.dtype | None = None  # autocast dtype, None for fp32
+    scaler: torch.amp.GradScaler | None = None  # fp16 loss scaling
+    sync_check_every: int = 0  # every N steps verify that all processes agree (0: never)
 
 
 class StepModel:

@@ -1,5 +1,6 @@
-"""What a training run keeps on disk: ``checkpoint.pth`` (everything ``--resume`` needs),
-the reference-layout ``model.pth`` + ``keys.pt``, the per-epoch log, and the RNG states."""
+"""What a training run keeps on disk: ``checkpoint.pth`` (everything ``--resume`` needs, in
+the format of :mod:`model.checkpoint`), the reference-layout ``model.pth`` + ``keys.pt``,
+``config.json``, the per-epoch log, and the RNG states (as plain data)."""
 
 from __future__ import annotations
 
@@ -14,29 +15,34 @@ from typing import Any
 import numpy as np
 import torch
 
+from common.errors import InputError
+from common.files import atomic_write, save_torch, write_text
+from common.outputs import check_outputs
 from model import LGNNet
-from model.checkpoint import load_memory_items, load_model_weights
+from model import checkpoint as checkpoint_format
+from model.weights import load_memory_items, load_model_weights
 from training import distributed
-from utils import InputError, atomic_write, check_creatable_folder
-
-# What save_run_state writes and --resume reads back.
-RESUME_ENTRIES = ("model", "items", "optimizer", "scheduler", "epoch", "step", "rng")
 
 
 def rng_state() -> dict[str, Any]:
-    state = {
-        "python": random.getstate(),
-        "numpy": np.random.get_state(),
-        "torch": torch.get_rng_state(),
-    }
+    """This process's Python, NumPy, torch (and CUDA) generator states as plain data (ints,
+    lists, tensors), which any checkpoint reader accepts."""
+    numpy_state = np.random.get_state(legacy=False)
+    numpy_state["state"] = {**numpy_state["state"], "key": numpy_state["state"]["key"].tolist()}
+    state = {"python": random.getstate(), "numpy": numpy_state, "torch": torch.get_rng_state()}
     if torch.cuda.is_available():
         state["cuda"] = torch.cuda.get_rng_state_all()
     return state
 
 
 def set_rng_state(state: dict[str, Any]) -> None:
+    """Restore :func:`rng_state`'s states (also the NumPy tuples of older checkpoints)."""
     random.setstate(state["python"])
-    np.random.set_state(state["numpy"])
+    numpy_state = state["numpy"]
+    if isinstance(numpy_state, dict):
+        key = np.asarray(numpy_state["state"]["key"], dtype=np.uint32)
+        numpy_state = {**numpy_state, "state": {**numpy_state["state"], "key": key}}
+    np.random.set_state(numpy_state)
     torch.set_rng_state(state["torch"])
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])
@@ -61,27 +67,32 @@ def save_run_state(
     """
     rng_by_rank = distributed.gather_to_main(rng_state())
     if distributed.is_main():
-        weights = {k: v.detach().cpu() for k, v in model.state_dict().items()}
-        items_cpu = items.detach().cpu()
-        checkpoint = {
-            "model": weights,
-            "items": items_cpu,
+        flags = run_flags(args)
+        training = {
             "optimizer": optimizer.state_dict(),
             "scheduler": scheduler.state_dict(),
-            "epoch": epoch,
-            "step": step,
-            "args": vars(args),
-            "rng": rng_by_rank[0],
+            "rng_by_rank": rng_by_rank,
             # A mid-epoch step index means "batches of this many processes' shards".
             "world_size": len(rng_by_rank),
-            "rng_by_rank": rng_by_rank,
         }
-        atomic_write(run_dir / "checkpoint.pth", lambda p: torch.save(checkpoint, p))
-        config = json.dumps(vars(args), indent=2, default=str)
-        atomic_write(run_dir / "config.json", lambda p: p.write_text(config))
-        atomic_write(run_dir / "model.pth", lambda p: torch.save(weights, p))
-        atomic_write(run_dir / "keys.pt", lambda p: torch.save(items_cpu, p))
+        checkpoint = checkpoint_format.build(
+            model, items, (args.h, args.w), epoch=epoch, step=step, args=flags, training=training
+        )
+        checkpoint_format.write(checkpoint, run_dir / "checkpoint.pth")
+        write_text(run_dir / "config.json", json.dumps(flags, indent=2))
+        save_torch(checkpoint["model"], run_dir / "model.pth")
+        save_torch(checkpoint["items"], run_dir / "keys.pt")
     distributed.barrier()
+
+
+def run_flags(args: argparse.Namespace) -> dict[str, Any]:
+    """The run's flags as plain JSON-able values (what checkpoints and config.json store)."""
+    plain = (str, int, float, bool, type(None))
+    return {
+        key: value if isinstance(value, plain) else str(value)
+        for key, value in vars(args).items()
+        if key != "typed_flags"
+    }
 
 
 def append_log(path: Path, record: dict[str, Any], keep_through_epoch: int | None = None) -> None:
@@ -111,21 +122,23 @@ def seed_everything(seed: int) -> None:
 RUN_FILES = ("checkpoint.pth", "model.pth", "keys.pt", "config.json", "log.jsonl")
 
 
-def check_run_dir(args: argparse.Namespace) -> Path:
+def check_run_dir(args: argparse.Namespace, inputs: dict[str, Any] | None = None) -> Path:
     """The run folder ``<output_root>/<dataset_type>/<exp_dir>``, checked before any work:
     it must be writable, and may hold an earlier run only with ``--resume`` (continue it) or
     ``--overwrite`` (replace it). Nothing is created here: the folder appears with the first
-    checkpoint, so a run that fails early leaves nothing behind."""
+    checkpoint, so a run that fails early leaves nothing behind. ``inputs`` (flag -> path)
+    are what the run reads: the folder may not contain, be or lie inside any of them (see
+    :func:`common.outputs.check_outputs`)."""
     run_dir = Path(args.output_root) / args.dataset_type / args.exp_dir
     if run_dir.exists() and not run_dir.is_dir():
         raise InputError(f"the run folder {run_dir} is a file; choose another --exp_dir")
+    check_outputs(folders={"--output_root/--exp_dir": run_dir}, inputs=inputs)
     existing = [name for name in RUN_FILES if (run_dir / name).exists()]
     if existing and args.resume is None and not getattr(args, "overwrite", False):
         raise InputError(
             f"{run_dir} already holds a run ({', '.join(existing)}); continue it with --resume, "
             "replace it with --overwrite, or choose another --exp_dir"
         )
-    check_creatable_folder(run_dir, "the run folder", "choose another --output_root/--exp_dir")
     return run_dir
 
 
@@ -167,20 +180,7 @@ def load_resume_state(
             print(f"no checkpoint at {path} yet; starting a new run", file=sys.stderr)
             return None
         raise InputError(f"--resume checkpoint {path} does not exist; check the path")
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=False)
-    except Exception as error:  # a truncated or foreign file: say which one
-        raise InputError(
-            f"cannot read the checkpoint {path} ({type(error).__name__}); "
-            "it may be damaged: resume from another file or start anew"
-        ) from None
-    missing = [key for key in RESUME_ENTRIES if not isinstance(state, dict) or key not in state]
-    if missing:
-        raise InputError(
-            f"{path} is not a checkpoint.pth written by train.py (it lacks "
-            f"{', '.join(map(repr, missing))}); resume from a run's checkpoint.pth "
-            "(model.pth and keys.pt hold weights only)"
-        )
+    state = checkpoint_format.read(path, resumable=True)
     if (state["epoch"], state["step"]) >= (args.epochs, 0):
         raise InputError(
             f"{path} has already trained {state['epoch']} epochs, so --epochs "
@@ -216,7 +216,7 @@ def restore_run_state(
         group["fused"], group["foreach"] = (fused or None), None
     scheduler = resumed_scheduler(optimizer, state["scheduler"], epochs, state["epoch"])
     # Checkpoints before multi-process support hold rank 0's state only.
-    rng_by_rank = state.get("rng_by_rank", [state["rng"]])
+    rng_by_rank = state["rng_by_rank"]
     if distributed.rank() < len(rng_by_rank):
         set_rng_state(rng_by_rank[distributed.rank()])
     device = next(model.parameters()).device

@@ -26,7 +26,7 @@ from pathlib import Path
 import torch.hub
 from tqdm import tqdm
 
-from utils import InputError
+from common.errors import InputError
 
 CHUNK_BYTES = 1 << 20
 TIMEOUT_S = 60
@@ -134,6 +134,10 @@ def download_file(
                     bar.update(len(chunk))
     except (urllib.error.URLError, http.client.HTTPException, OSError) as error:
         reason = getattr(error, "reason", None) or error
+        if urllib.parse.urlparse(url).scheme == "file":  # a local file: no connection involved
+            local = Path(urllib.request.url2pathname(urllib.parse.urlparse(url).path))
+            problem = "does not exist" if not local.exists() else f"cannot be read ({reason})"
+            raise InputError(f"{url}: the file {local} {problem}; check the path") from error
         raise InputError(
             f"could not download {url} ({reason}); check the connection and run again "
             f"(a partial download resumes), or {hint}"
@@ -165,6 +169,16 @@ def default_cache_dir() -> Path:
     return Path(env) if env else Path(torch.hub.get_dir()) / "checkpoints"
 
 
+def cache_path_for(url: str, cache_dir: Path | None = None) -> Path:
+    """Where :func:`cached_download` keeps ``url``: ``cache_dir`` (default
+    :func:`default_cache_dir`) / the URL's last path component."""
+    cache_dir = Path(cache_dir) if cache_dir is not None else default_cache_dir()
+    name = Path(urllib.parse.unquote(urllib.parse.urlparse(url).path)).name
+    if not name:
+        raise InputError(f"cannot name a cache file for {url}: the URL has no file name")
+    return cache_dir / name
+
+
 def cached_download(
     url: str,
     sha256: str | None = None,
@@ -175,11 +189,7 @@ def cached_download(
     """Return a local copy of ``url`` in ``cache_dir`` (default ``default_cache_dir()``),
     named after the URL's last path component; download it only when no copy exists or
     the existing copy fails the ``sha256`` check."""
-    cache_dir = Path(cache_dir) if cache_dir is not None else default_cache_dir()
-    name = Path(urllib.parse.unquote(urllib.parse.urlparse(url).path)).name
-    if not name:
-        raise InputError(f"cannot name a cache file for {url}: the URL has no file name")
-    dest = cache_dir / name
+    dest = cache_path_for(url, cache_dir)
     if dest.is_file() and (sha256 is None or file_sha256(dest) == sha256.lower()):
         return dest
     return download_file(url, dest, sha256=sha256, progress=progress, hint=hint)
