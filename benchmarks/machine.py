@@ -18,8 +18,6 @@ import torch.nn.functional as F
 
 from common.devices import cpu_has_fast_bf16, resolve_precision
 
-LOSS_COMPACT, LOSS_SEPARATE = 10.0, 5.0  # train.py's defaults (SPEC)
-
 
 def cpu_model_name() -> str:
     try:
@@ -119,6 +117,9 @@ def count_flops(height: int, width: int) -> dict[str, float]:
     from torch.utils.flop_counter import FlopCounterMode
 
     from model import LGNNet, init_memory_items
+    from training.config import TrainConfig
+
+    weights = TrainConfig()  # train.py's default loss weights
 
     def count() -> dict[str, float]:
         model = LGNNet().eval()
@@ -132,7 +133,8 @@ def count_flops(height: int, width: int) -> dict[str, float]:
         with FlopCounterMode(display=False) as counter:
             out = model.forward_train(inputs, items)
             loss = F.mse_loss(out.prediction, target)
-            loss = loss + LOSS_COMPACT * out.compactness + LOSS_SEPARATE * out.separateness
+            loss = loss + weights.loss_compact * out.compactness
+            loss = loss + weights.loss_separate * out.separateness
             loss.backward()
         return {
             "forward_per_frame": float(forward),

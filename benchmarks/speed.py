@@ -59,8 +59,6 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks.machine import (  # noqa: E402
-    LOSS_COMPACT,
-    LOSS_SEPARATE,
     count_flops,
     cpu_has_fast_bf16,
     describe_machine,
@@ -140,19 +138,18 @@ def measure_train(config: Config, device: torch.device) -> list[float]:
 
     from data.device_frames import DeviceWindows
     from data.frames import frames_to_tensor
-    from model import LGNNet, init_memory_items
-    from training.loop import StepModel, train_one_epoch
+    from training.config import TrainConfig
+    from training.loop import train_one_epoch
+    from training.setup import prepare_training
 
-    dtype = resolve_precision(config.precision, device)
-    torch.manual_seed(config.seed)
-    model = LGNNet().to(device)
-    if config.channels_last:
-        model = model.to(memory_format=torch.channels_last)
-    torch.backends.cudnn.benchmark = config.fast
-    items = init_memory_items(model.msize, model.mdim, device=device)
-    optimizer = torch.optim.Adam(model.parameters(), lr=2e-4, fused=config.fast or None)
-    scaler = torch.amp.GradScaler("cuda") if dtype == torch.float16 else None
-    runner = StepModel(model, compile=config.fast)
+    train_config = TrainConfig(
+        h=config.height, w=config.width, batch_size=config.batch, precision=config.precision,
+        fast_path="auto" if config.fast else "off", seed=config.seed,
+    )  # fmt: skip
+    setup = prepare_training(train_config, device)
+    model = setup.model
+    if device.type == "cuda" and not config.channels_last:  # the plain path's layout
+        model.to(memory_format=torch.contiguous_format)
     steps = max(config.units, config.warmup)
     rng = np.random.default_rng(config.seed)
     video = rng.integers(0, 256, (steps * config.batch + model.t_length - 1,
@@ -180,10 +177,9 @@ def measure_train(config: Config, device: torch.device) -> list[float]:
         synchronize(device)
         start = time.perf_counter()
         with contextlib.redirect_stderr(io.StringIO()):  # the epoch's progress bar
-            items, _, _ = train_one_epoch(
-                runner, loader(count), items, optimizer, device,
-                loss_compact=LOSS_COMPACT, loss_separate=LOSS_SEPARATE, dtype=dtype,
-                scaler=scaler, sync_every=25 if config.fast else 1,
+            setup.items, _, _ = train_one_epoch(
+                setup.runner, loader(count), setup.items, setup.optimizer, device,
+                setup.settings, sync_every=setup.sync_every,
             )  # fmt: skip
         synchronize(device)
         if index > 0:

@@ -107,10 +107,20 @@ def check_outputs(
     for flag, target, is_folder in outputs:
         for source_flag, source in sources:
             relation = _collision(_resolved(target), is_folder, source)
-            if relation is not None:
+            if relation == "is":
                 raise InputError(
-                    f"{flag} {target} {relation} {source} ({source_flag}), which this run reads; "
-                    f"write {flag} somewhere else"
+                    f"{flag} {target} is {source}, the {source_flag} this run reads; give "
+                    f"{flag} its own path"
+                )
+            if relation == "lies inside":
+                raise InputError(
+                    f"{flag} {target} lies inside {source} ({source_flag}), which this run "
+                    f"reads; write {flag} somewhere else"
+                )
+            if relation == "contains":
+                raise InputError(
+                    f"{source_flag} {source} lies inside {target} ({flag}), which this run "
+                    f"writes; give {flag} a folder of its own"
                 )
         folder = Path(target) if is_folder else Path(target).parent
         check_creatable_folder(folder, flag, "choose another path")

@@ -42,6 +42,7 @@ from common.download import (
     is_archive,
 )
 from common.errors import InputError
+from common.outputs import check_outputs
 from data.frames import find_split_dir, list_videos, natural_sort_key
 from data.labels import load_frame_labels, write_ano_pred_mat
 
@@ -405,13 +406,14 @@ def prepare(
             f"--root {root} cannot hold the data set ({error.strerror}); give a writable folder"
         ) from None
     sources = [Path(s) for s in sources or ()]
-    for source in sources:
-        resolved = source.resolve()
-        if resolved == target.resolve() or target.resolve() in resolved.parents:
-            raise InputError(
-                f"--source {source} lies inside {target}, which preparing replaces; "
-                "move it elsewhere first"
-            )
+    # The data set folder is replaced as a whole: no source may lie in it, be it or hold it.
+    check_outputs(
+        folders={"--root": target},
+        inputs={
+            f"--source #{i + 1}" if len(sources) > 1 else "--source": s
+            for i, s in enumerate(sources)
+        },
+    )
     downloaded = []
     if not sources:
         if not OFFICIAL_DOWNLOADS[dataset]:

@@ -6,6 +6,7 @@ upcast), because the item update divides and re-normalises small differences.
 
 from __future__ import annotations
 
+import contextlib
 from typing import NamedTuple
 
 import torch
@@ -33,9 +34,16 @@ def flatten_query(features: torch.Tensor) -> torch.Tensor:
     return F.normalize(queries, dim=1)
 
 
+def _fp32_region(device: torch.device) -> contextlib.AbstractContextManager:
+    """Autocast switched off on ``device`` (nothing to switch off where it has none)."""
+    if not torch.amp.is_autocast_available(device.type):
+        return contextlib.nullcontext()
+    return torch.autocast(device.type, enabled=False)
+
+
 def similarity(queries: torch.Tensor, items: torch.Tensor) -> torch.Tensor:
     """Raw scores ``S = q · Mᵀ``, ``(N, M)``, in fp32 even inside an autocast region."""
-    with torch.autocast(queries.device.type, enabled=False):
+    with _fp32_region(queries.device):
         return queries.float() @ items.float().t()
 
 
@@ -59,7 +67,7 @@ def read_memory(
     items = items.detach()
     score_memory = torch.softmax(similarity(queries, items), dim=1).detach()
     batch, dim, height, width = feature_shape
-    with torch.autocast(queries.device.type, enabled=False):
+    with _fp32_region(queries.device):
         read = score_memory @ items.float()
     return read.reshape(batch, height, width, dim).permute(0, 3, 1, 2)
 

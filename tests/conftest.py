@@ -1,4 +1,6 @@
-"""Shared test fixtures: repository root on sys.path, the optional real Ped2 data."""
+"""Shared test fixtures: the repository root on sys.path, one tiny benchmark-shaped dataset,
+one trained run and its real checkpoint (every test that needs a trained network uses these),
+and the optional real Ped2 data."""
 
 from __future__ import annotations
 
@@ -20,6 +22,56 @@ if str(REPO_ROOT) not in sys.path:
 # OpenMP threads stall each other far more than they help.
 torch.set_num_threads(1)
 
+# The smallest network train.py builds: one input frame (t_length 2), a 64-dim memory of 4
+# items, at 16x24; and how the shared run trains it.
+TINY_MODEL_FLAGS = ["--h", "16", "--w", "24", "--t_length", "2", "--fdim", "64", "--mdim", "64"]
+TINY_TRAIN_FLAGS = [*TINY_MODEL_FLAGS, "--msize", "4", "--batch_size", "3", "--num_workers", "0"]
+TINY_TRAIN_FLAGS += ["--precision", "fp32"]
+
+
+def make_tiny_dataset(
+    root: Path, train_videos: int = 2, test_videos: int = 2, min_frames: int = 20,
+    max_frames: int = 22,
+) -> Path:  # fmt: skip
+    """A small demo scene (32x48 frames, labelled test videos) renamed to look like a
+    benchmark folder ``<root>/ped2``; returns ``root``."""
+    from data.demo import ensure_demo_dataset
+
+    demo = ensure_demo_dataset(
+        root, height=32, width=48, train_videos=train_videos, test_videos=test_videos,
+        min_frames=min_frames, max_frames=max_frames,
+    )  # fmt: skip
+    demo.rename(root / "ped2")
+    return root
+
+
+def train_tiny(dataset_root: Path, output_root: Path, *extra: str) -> Path:
+    """``train.py`` with the tiny network on ``<dataset_root>/ped2``; returns the run folder."""
+    import train
+
+    argv = ["--dataset_type", "ped2", "--dataset_path", str(dataset_root)]
+    argv += ["--output_root", str(output_root), *TINY_TRAIN_FLAGS, *extra]
+    return train.main(train.get_args_parser().parse_args(argv))
+
+
+@pytest.fixture(scope="session")
+def tiny_dataset(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """``<root>/ped2``: 2 training and 2 labelled test videos of 20-22 frames; returns root."""
+    return make_tiny_dataset(tmp_path_factory.mktemp("tiny_dataset"))
+
+
+@pytest.fixture(scope="session")
+def trained_run(tiny_dataset: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A finished one-epoch run of the tiny network (checkpoint.pth, model.pth, keys.pt,
+    config.json, log.jsonl), written by train.py itself. Tests must not change it."""
+    return train_tiny(tiny_dataset, tmp_path_factory.mktemp("exp"), "--epochs", "1")
+
+
+@pytest.fixture(scope="session")
+def checkpoint(trained_run: Path) -> Path:
+    """The shared run's checkpoint.pth (the real writer's format). Tests must not change it."""
+    return trained_run / "checkpoint.pth"
+
 
 @pytest.fixture
 def ped2_dir() -> Path:
@@ -27,3 +79,18 @@ def ped2_dir() -> Path:
     if not (PED2_DIR / "testing").is_dir():
         pytest.skip("real Ped2 data not found at ../shared/datasets/ped2")
     return PED2_DIR
+
+
+# The slow compile tests run with the rest; their times are reported at the end, so that a
+# slow suite shows where its time went (deselect them with -m "not slow_compile").
+_slow_durations: list[tuple[str, float]] = []
+
+
+def pytest_runtest_logreport(report: pytest.TestReport) -> None:
+    if report.when == "call" and "slow_compile" in report.keywords:
+        _slow_durations.append((report.nodeid, report.duration))
+
+
+def pytest_terminal_summary(terminalreporter) -> None:
+    for nodeid, seconds in _slow_durations:
+        terminalreporter.write_line(f"slow_compile: {nodeid} took {seconds:.0f} s")

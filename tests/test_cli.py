@@ -12,39 +12,16 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import train_tiny
 
 import evaluate
 import train
-from data.demo import ensure_demo_dataset
 from inference.video import evaluate_video
 from model import LGNNet, init_memory_items, update_memory
 from training.loop import StopRequested
 from utils import frame_errors, point_score, psnr_from_mse
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
-SIZE = ["--h", "16", "--w", "24"]
-
-
-@pytest.fixture(scope="module")
-def tiny_dataset(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A 2+2-video demo scene renamed to look like a benchmark folder ``<root>/ped2``."""
-    root = tmp_path_factory.mktemp("data")
-    demo = ensure_demo_dataset(
-        root, height=32, width=48, train_videos=2, test_videos=2, min_frames=20, max_frames=22
-    )
-    demo.rename(root / "ped2")
-    return root
-
-
-def run_train(root: Path, out: Path, *extra: str) -> Path:
-    argv = ["--dataset_type", "ped2", "--dataset_path", str(root), "--output_root", str(out)]
-    argv += [*SIZE, "--batch_size", "4", "--num_workers", "0", "--precision", "fp32", *extra]
-    return train.main(train.get_args_parser().parse_args(argv))
-
-
-@pytest.fixture(scope="module")
-def trained_run(tiny_dataset: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return run_train(tiny_dataset, tmp_path_factory.mktemp("exp"), "--epochs", "1")
 
 
 def test_training_writes_every_artefact(trained_run: Path) -> None:
@@ -86,13 +63,20 @@ def test_evaluate_writes_report_scores_and_plots(
     assert list(rows[0]) == ["video", "frame", "psnr", "feature_distance", "normality", "label"]
     assert len(rows) == saved["frames"] == sum(v["frames"] for v in saved["videos"])
     assert sum(int(r["label"]) for r in rows) == saved["abnormal_frames"]
-    assert rows[0]["frame"] == "4"  # the first 4 frames have no prediction
+    assert rows[0]["frame"] == "1"  # t_length 2: the first frame has no prediction
     plots = sorted(p.name for p in (tmp_path / "plots").iterdir())
     assert "roc.png" in plots and len(plots) == 1 + len(saved["videos"])
-    # Per-video min-max: each video's normality spans exactly [0, 1] at lambda 0.6 when the
-    # PSNR and distance extremes fall on the same frames; at least the range is within [0, 1].
-    normality = np.array([float(r["normality"]) for r in rows])
-    assert normality.min() >= 0 and normality.max() <= 1
+    # Each video's normality is its own min-max fusion of the PSNR and distance columns,
+    # written out here: 0.6 * (p - min p) / (max p - min p) + 0.4 * (max d - d) / (max d - min d).
+    for video in {r["video"] for r in rows}:
+        mine = [r for r in rows if r["video"] == video]
+        psnr = np.array([float(r["psnr"]) for r in mine])
+        distance = np.array([float(r["feature_distance"]) for r in mine])
+        expected = 0.6 * (psnr - psnr.min()) / (psnr.max() - psnr.min()) + 0.4 * (
+            distance.max() - distance
+        ) / (distance.max() - distance.min())
+        normality = np.array([float(r["normality"]) for r in mine])
+        np.testing.assert_allclose(normality, expected, atol=1e-6)
 
 
 def test_single_branch_aucs_equal_separate_lambda_runs(
@@ -160,7 +144,7 @@ def assert_same_state(run_a: Path, run_b: Path) -> None:
 def test_resume_after_a_kill_matches_an_uninterrupted_run(
     tiny_dataset: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    straight = run_train(tiny_dataset, tmp_path / "straight", "--epochs", "2")
+    straight = train_tiny(tiny_dataset, tmp_path / "straight", "--epochs", "2")
 
     # Die right after the first epoch's checkpoint, as a SIGKILL would.
     real_save = train.save_run_state
@@ -171,16 +155,16 @@ def test_resume_after_a_kill_matches_an_uninterrupted_run(
 
     monkeypatch.setattr(train, "save_run_state", save_then_die)
     with pytest.raises(KeyboardInterrupt):
-        run_train(tiny_dataset, tmp_path / "killed", "--epochs", "2")
+        train_tiny(tiny_dataset, tmp_path / "killed", "--epochs", "2")
     monkeypatch.setattr(train, "save_run_state", real_save)
-    resumed = run_train(tiny_dataset, tmp_path / "killed", "--epochs", "2", "--resume")
+    resumed = train_tiny(tiny_dataset, tmp_path / "killed", "--epochs", "2", "--resume")
     assert_same_state(straight, resumed)
 
 
 def test_sigterm_mid_epoch_saves_and_resumes_exactly(
     tiny_dataset: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    straight = run_train(tiny_dataset, tmp_path / "straight", "--epochs", "1")
+    straight = train_tiny(tiny_dataset, tmp_path / "straight", "--epochs", "1")
     checks = {"count": 0}
 
     def signal_after_two_steps(self: StopRequested) -> bool:
@@ -191,12 +175,12 @@ def test_sigterm_mid_epoch_saves_and_resumes_exactly(
 
     monkeypatch.setattr(StopRequested, "__bool__", signal_after_two_steps)
     with pytest.raises(SystemExit) as stopped:
-        run_train(tiny_dataset, tmp_path / "stopped", "--epochs", "1")
+        train_tiny(tiny_dataset, tmp_path / "stopped", "--epochs", "1")
     assert stopped.value.code == 143
     saved = torch.load(tmp_path / "stopped/ped2/log/checkpoint.pth", weights_only=False)
     assert (saved["epoch"], saved["step"]) == (0, 2)
     monkeypatch.undo()
-    resumed = run_train(tiny_dataset, tmp_path / "stopped", "--epochs", "1", "--resume")
+    resumed = train_tiny(tiny_dataset, tmp_path / "stopped", "--epochs", "1", "--resume")
     assert_same_state(straight, resumed)
 
 

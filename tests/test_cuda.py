@@ -16,7 +16,6 @@ from torch.utils.data import DataLoader
 
 import evaluate
 import train
-from data.demo import ensure_demo_dataset
 from data.device_frames import DeviceWindows
 from data.frames import FrameWindowDataset, find_split_dir, list_videos
 from inference.video import compiled_scoring_functions, evaluate_video
@@ -29,16 +28,8 @@ TINY = {"msize": 4, "fdim": 16, "mdim": 16, "hidden": 8}
 
 
 @pytest.fixture(scope="module")
-def demo_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    root = tmp_path_factory.mktemp("data")
-    ensure_demo_dataset(root, height=32, width=48, train_videos=2, test_videos=2,
-                        min_frames=20, max_frames=24)  # fmt: skip
-    return root
-
-
-@pytest.fixture(scope="module")
-def dataset(demo_root: Path) -> FrameWindowDataset:
-    videos = list_videos(find_split_dir(demo_root / "demo", "training"))
+def dataset(tiny_dataset: Path) -> FrameWindowDataset:
+    videos = list_videos(find_split_dir(tiny_dataset / "ped2", "training"))
     return FrameWindowDataset(videos, 32, 48, t_length=5)
 
 
@@ -100,16 +91,18 @@ def test_compiled_scoring_gives_the_eager_scores(dtype: torch.dtype | None) -> N
     assert fast.memory_updates == eager.memory_updates
 
 
-def test_both_clis_on_cuda_with_and_without_the_fast_path(demo_root: Path, tmp_path: Path) -> None:
+def test_both_clis_on_cuda_with_and_without_the_fast_path(
+    tiny_dataset: Path, tmp_path: Path
+) -> None:
     runs = {}
     for fast_path in ("auto", "off"):
         run_dir = train.main(train.get_args_parser().parse_args([
-            "--dataset_type", "demo", "--dataset_path", str(demo_root), "--h", "32", "--w", "48",
+            "--dataset_type", "ped2", "--dataset_path", str(tiny_dataset), "--h", "32", "--w", "48",
             "--epochs", "1", "--output_root", str(tmp_path / fast_path), "--device", "cuda",
             "--fast_path", fast_path, "--precision", "fp32", "--num_workers", "0",
         ]))  # fmt: skip
         report = evaluate.main(evaluate.get_args_parser().parse_args([
-            "--dataset_type", "demo", "--dataset_path", str(demo_root), "--device", "cuda",
+            "--dataset_type", "ped2", "--dataset_path", str(tiny_dataset), "--device", "cuda",
             "--checkpoint", str(run_dir / "checkpoint.pth"), "--fast_path", fast_path,
             "--precision", "fp32", "--report", str(tmp_path / f"{fast_path}.json"),
         ]))  # fmt: skip

@@ -21,6 +21,7 @@ from inference import calibration as calib
 from inference import detection, events, streaming
 from inference.video import evaluate_video
 from model import LGNNet, init_memory_items
+from model import checkpoint as checkpoint_format
 from model.lgn_net import Encoded, InferOutput
 from model.memory import feature_distance, flatten_query
 
@@ -121,17 +122,13 @@ def stub_scorer(**kwargs) -> streaming.StreamingScorer:
 
 @pytest.fixture(scope="module")
 def tiny_checkpoint(tmp_path_factory) -> Path:
-    """A randomly initialised LGNNet (t_length 3, 8x8 frames) saved as train.py does."""
+    """A randomly initialised LGNNet (t_length 3, 8x8 frames), written by the checkpoint
+    writer train.py uses."""
     torch.manual_seed(0)
     model = LGNNet(t_length=3, msize=3, fdim=16, mdim=16)
-    checkpoint = {
-        "model": model.state_dict(),
-        "items": init_memory_items(3, 16, generator=torch.Generator().manual_seed(1)),
-        "args": {"h": TINY, "w": TINY, "c": 3, "t_length": 3, "msize": 3},
-        "epoch": 7,
-    }
+    items = init_memory_items(3, 16, generator=torch.Generator().manual_seed(1))
     path = tmp_path_factory.mktemp("ckpt") / "checkpoint.pth"
-    torch.save(checkpoint, path)
+    checkpoint_format.write(checkpoint_format.build(model, items, (TINY, TINY), epoch=7), path)
     return path
 
 

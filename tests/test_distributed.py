@@ -17,11 +17,11 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 import torch.nn.functional as F
+from conftest import make_tiny_dataset
 
 import evaluate
 import train
 from common.errors import InputError
-from data.demo import ensure_demo_dataset
 from model import LGNNet, init_memory_items, update_memory
 from model.memory import update_memory_distributed
 from training import distributed
@@ -172,14 +172,10 @@ def test_rank_batches_are_distributed_sampler_shards(epoch: int) -> None:
 
 @pytest.fixture(scope="module")
 def tiny_dataset(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A 1+2-video demo scene renamed to look like a benchmark folder ``<root>/ped2``: 16
-    training windows, 4 steps of 2 windows per process and epoch."""
+    """The shared tiny dataset's shape with 1 training video of 20 frames: 16 training
+    windows, 4 steps of 2 windows per process and epoch."""
     root = tmp_path_factory.mktemp("data")
-    demo = ensure_demo_dataset(
-        root, height=32, width=48, train_videos=1, test_videos=2, min_frames=20, max_frames=20
-    )
-    demo.rename(root / "ped2")
-    return root
+    return make_tiny_dataset(root, train_videos=1, test_videos=2, min_frames=20, max_frames=20)
 
 
 def torchrun_train(root: Path, out: Path, *extra: str) -> subprocess.CompletedProcess:

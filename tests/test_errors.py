@@ -22,6 +22,7 @@ import cv2
 import numpy as np
 import pytest
 import torch
+from conftest import TINY_MODEL_FLAGS, TINY_TRAIN_FLAGS
 
 import evaluate
 import train
@@ -37,9 +38,8 @@ from model.weights import load_model_weights
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 # The smallest network train.py builds: one input frame (t_length 2), 64-dim memory.
-MODEL_FLAGS = ["--h", "16", "--w", "24", "--t_length", "2", "--fdim", "64", "--mdim", "64"]
-TRAIN_FLAGS = [*MODEL_FLAGS, "--msize", "4", "--batch_size", "3", "--num_workers", "0"]
-TRAIN_FLAGS += ["--precision", "fp32"]
+# The shared run's network (tests/conftest.py), which trains and scores on these videos too.
+MODEL_FLAGS, TRAIN_FLAGS = TINY_MODEL_FLAGS, TINY_TRAIN_FLAGS
 FRAMES_PER_VIDEO = 8
 # A run folder's temporary files from utils.atomic_write: ".<name>.<random>.tmp".
 TEMP_FILE = re.compile(r"^\..+\.tmp$")
@@ -98,22 +98,6 @@ def input_error(main, args) -> str:
     message = str(raised.value)
     assert "\n" not in message
     return message
-
-
-@pytest.fixture(scope="module")
-def trained_run(dataset_root: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A finished one-epoch run folder (checkpoint.pth, model.pth, keys.pt, ...)."""
-    output_root = tmp_path_factory.mktemp("exp")
-    return train.main(train_args(dataset_root, output_root, "--epochs", "1"))
-
-
-@pytest.fixture(scope="module")
-def checkpoint(trained_run: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The trained run's checkpoint without optimizer state: quicker to load, same weights."""
-    full = torch.load(trained_run / "checkpoint.pth", map_location="cpu", weights_only=False)
-    path = tmp_path_factory.mktemp("weights") / "checkpoint.pth"
-    torch.save({key: full[key] for key in ("model", "items", "args")}, path)
-    return path
 
 
 def link_run(run_dir: Path, tmp_path: Path) -> Path:

@@ -1,4 +1,4 @@
-"""The prototype memory against SPEC's rules, written out as slow literal loops."""
+"""The prototype memory against the method's rules, written out as slow literal loops."""
 
 from __future__ import annotations
 
@@ -63,7 +63,7 @@ def argmax(values: list[float]) -> int:
 
 
 def slow_update(queries: list[list[float]], items: list[list[float]]) -> list[list[float]]:
-    """SPEC's update rule, one item and one query at a time."""
+    """The update rule, one item and one query at a time."""
     score_query, score_memory = slow_scores(queries, items)
     assignment = [argmax(row) for row in score_memory]
     new_items = []
@@ -214,7 +214,7 @@ def test_read_matches_per_location_softmax(
 
 
 def test_read_carries_no_gradient() -> None:
-    # The scores are detached (SPEC) and the items are not learnable.
+    # The scores are detached (the method's rule) and the items are not learnable.
     queries = unit_rows(6, 4, 0).requires_grad_(True)
     items = unit_rows(3, 4, 1).requires_grad_(True)
     read = read_memory(queries, items, torch.Size([1, 4, 2, 3]))

@@ -1,4 +1,4 @@
-"""One training step against SPEC, written out literally: per-time-step BatchNorm in the
+"""One training step against the method, written out literally: per-time-step BatchNorm in the
 spatiotemporal branch, the memory read, the three losses, every gradient, every BatchNorm
 buffer and the item update."""
 
@@ -14,7 +14,7 @@ from torch import nn
 from model import LGNNet, init_memory_items
 
 TINY = {"msize": 4, "fdim": 16, "mdim": 16, "hidden": 8}
-LOSS_COMPACT, LOSS_SEPARATE = 10.0, 5.0  # SPEC's reference loss weights
+LOSS_COMPACT, LOSS_SEPARATE = 10.0, 5.0  # the reference release's loss weights
 
 
 def windows_for(batch: int, t_length: int, size: int, seed: int, channels: int = 3):
@@ -52,7 +52,7 @@ def test_first_batch_norm_tracks_every_time_step(t_length: int) -> None:
 
 
 class LiteralReference:
-    """LGN-Net's training forward from SPEC, on copies of a model's parameters and buffers,
+    """LGN-Net's training forward from the method's description, on copies of a model's parameters and buffers,
     one input frame at a time in the spatiotemporal branch."""
 
     def __init__(self, model: LGNNet) -> None:
@@ -164,7 +164,7 @@ class LiteralReference:
 
         detached = queries.detach()
         updates = torch.zeros_like(items)
-        for item in range(items.shape[0]):  # a slow loop over items, as SPEC words it
+        for item in range(items.shape[0]):  # a slow loop over items, as the rule is worded
             assigned = (ranked[:, 0] == item).nonzero().flatten()
             column = score_query[:, item].detach()
             for j in assigned.tolist():
