@@ -55,7 +55,7 @@ from inference.benchmark import (
 from inference.config import EVAL_BATCH_SIZE, EVAL_BATCH_SIZE_FAST, GAMMA, LAMBDA
 from inference.video import QualityMetric, compiled_scoring_functions
 from model.checkpoint import LoadedModel, load_for_inference
-from model.config import check_frame_size
+from model.config import ModelConfig, check_frame_size
 from model.pretrained import local_path, resolve_checkpoint
 
 
@@ -133,6 +133,8 @@ def validate_args(args: argparse.Namespace) -> None:
     check_frame_size(args.h, args.w)
     for flag in ("c", "t_length", "msize"):
         at_least(f"--{flag}", getattr(args, flag), 1)
+    if args.c is not None:  # frames are read with 3 channels, whatever the weights say
+        ModelConfig(channels=args.c).check({"channels": "--c"})
 
 
 def check_run_outputs(args: argparse.Namespace) -> None:

@@ -37,6 +37,7 @@ from common.cli import (
 )
 from common.devices import resolve_device
 from common.errors import InputError
+from common.outputs import check_outputs
 from data.datasets import DATASET_TYPES, dataset_dir_for
 from data.device_frames import DeviceWindows
 from data.frames import FrameCache, FrameWindowDataset, find_split_dir, list_videos
@@ -224,19 +225,23 @@ def open_training_split(args: argparse.Namespace) -> FrameWindowDataset:
     return dataset
 
 
-def run_inputs(args: argparse.Namespace) -> dict[str, Path | None]:
-    """What a run reads, which its outputs may not touch (see check_run_dir)."""
-    dataset = None if args.dataset_type == "demo" else Path(args.dataset_path) / args.dataset_type
+def check_outputs_and_inputs(args: argparse.Namespace) -> Path:
+    """The run folder (see ``check_run_dir``), and ``--cache_dir``, checked against what the
+    run reads: the dataset and another run's checkpoint given to ``--resume`` (the run's own
+    is meant to be replaced). Returns the run folder."""
+    dataset = Path(args.dataset_path) / args.dataset_type
     resume = args.resume if args.resume not in (None, "auto") else None
     run_dir = Path(args.output_root) / args.dataset_type / args.exp_dir
     own = resume is not None and Path(resume).resolve() == (run_dir / "checkpoint.pth").resolve()
-    return {"--dataset_path": dataset, "--resume": None if own else resume}
+    inputs = {"--dataset_path": dataset, "--resume": None if own else resume}
+    check_outputs(folders={"--cache_dir": args.cache_dir}, inputs=inputs)
+    return check_run_dir(args, inputs)
 
 
 def train_this_process(args: argparse.Namespace, device: torch.device) -> Path:
     """The training run of this process (of ``distributed.world_size()``)."""
     # The output folder may exist on rank 0's machine only: rank 0 alone creates and reads it.
-    run_dir = distributed.share_from_main(lambda: check_run_dir(args, run_inputs(args)))
+    run_dir = distributed.share_from_main(lambda: check_outputs_and_inputs(args))
     resume = distributed.share_from_main(
         lambda: load_resume_state(args, run_dir, distributed.world_size())
     )

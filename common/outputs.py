@@ -64,6 +64,28 @@ def _collision(output: Path, is_folder: bool, source: Path) -> str | None:
     return None
 
 
+_RELATIONS = ("is", "contains", "lies inside")
+
+
+def _collision_error(
+    flag: str, target: PathArg, relation: str, source_flag: str, source: Path
+) -> InputError:
+    if relation == "is":
+        return InputError(
+            f"{flag} {target} is {source}, the {source_flag} this run reads; give {flag} its "
+            "own path"
+        )
+    if relation == "contains":
+        return InputError(
+            f"{source_flag} {source} lies inside {target} ({flag}), which this run writes; "
+            f"give {flag} a folder of its own"
+        )
+    return InputError(
+        f"{flag} {target} lies inside {source} ({source_flag}), which this run reads; write "
+        f"{flag} somewhere else"
+    )
+
+
 def check_outputs(
     files: Mapping[str, PathArg] | None = None,
     folders: Mapping[str, PathArg] | None = None,
@@ -105,22 +127,13 @@ def check_outputs(
         if is_folder and Path(target).exists() and not Path(target).is_dir():
             raise InputError(f"{flag} {target} is a file; give a folder")
     for flag, target, is_folder in outputs:
-        for source_flag, source in sources:
-            relation = _collision(_resolved(target), is_folder, source)
-            if relation == "is":
-                raise InputError(
-                    f"{flag} {target} is {source}, the {source_flag} this run reads; give "
-                    f"{flag} its own path"
-                )
-            if relation == "lies inside":
-                raise InputError(
-                    f"{flag} {target} lies inside {source} ({source_flag}), which this run "
-                    f"reads; write {flag} somewhere else"
-                )
-            if relation == "contains":
-                raise InputError(
-                    f"{source_flag} {source} lies inside {target} ({flag}), which this run "
-                    f"writes; give {flag} a folder of its own"
-                )
+        touched = [
+            (_RELATIONS.index(relation), relation, source_flag, source)
+            for source_flag, source in sources
+            if (relation := _collision(_resolved(target), is_folder, source)) is not None
+        ]
+        if touched:  # the closest relation first: the same file, then containment
+            _, relation, source_flag, source = min(touched, key=lambda entry: entry[0])
+            raise _collision_error(flag, target, relation, source_flag, source)
         folder = Path(target) if is_folder else Path(target).parent
         check_creatable_folder(folder, flag, "choose another path")

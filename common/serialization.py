@@ -22,6 +22,7 @@ from __future__ import annotations
 import os
 import pickle
 import re
+import warnings
 import zipfile
 from collections.abc import Mapping
 from pathlib import Path
@@ -92,15 +93,22 @@ def _globals_named(path: Path) -> list[str]:
 def _weights_only_load(path: Path, allowed: list[Any]) -> Any:
     """``torch.load(weights_only=True)`` with ``allowed`` added to its allow-list; tensors
     memory-mapped where the format allows it (zip files)."""
-    with torch.serialization.safe_globals(NUMPY_ARRAY_GLOBALS + allowed):
+    with torch.serialization.safe_globals(NUMPY_ARRAY_GLOBALS + allowed), warnings.catch_warnings():
+        # A plain pickle of another protocol is refused below anyway; no note about it.
+        warnings.filterwarnings("ignore", message="Detected pickle protocol")
         if zipfile.is_zipfile(path):
             return torch.load(path, map_location="cpu", weights_only=True, mmap=True)
         return torch.load(path, map_location="cpu", weights_only=True)
 
 
-def _refusal(path: Path, error: BaseException, what: str) -> InputError:
-    found = re.search(r"GLOBAL ([\w.]+)", str(error))
-    needs = f" (it names {found.group(1)})" if found else ""
+def _refusal(
+    path: Path, error: BaseException, what: str, names: list[str] | None = None
+) -> InputError:
+    found = re.search(r"GLOBAL ([\w.]+) whose module", str(error))
+    names = [found.group(1)] if found else names  # the name PyTorch blocked outright, if any
+    needs = (
+        f" (it names {', '.join(names[:3])}{', ...' if len(names) > 3 else ''})" if names else ""
+    )
     return InputError(
         f"{path}: the {what} needs more than plain tensors and containers to be read{needs}, "
         f"so torch.load(weights_only=True) refuses it (reading it fully could run code from "
@@ -148,12 +156,12 @@ def load_file(path: str | os.PathLike, what: str = "file", pickled_network: bool
         names_code = any(word in str(refused) for word in ("GLOBAL", "persistent_load"))
         raise (_refusal if names_code else _unreadable)(path, refused, what) from None
     if not pickled_network:
-        raise _refusal(path, refused, what) from None
+        raise _refusal(path, refused, what, names) from None
     stand_ins = [(_inert_class(name), name) for name in names]
     try:
         return _weights_only_load(path, stand_ins)
     except pickle.UnpicklingError as error:
-        raise _refusal(path, error, what) from None
+        raise _refusal(path, error, what, names) from None
     except Exception as error:
         raise _unreadable(path, error, what) from None
 

@@ -224,6 +224,7 @@ def calibrate_training_run(
             calibration added.
         dataset: a ``data.frames.FrameWindowDataset`` (its decoded frames are reused).
     """
+    checkpoint = checkpoint_format.read(checkpoint_path)  # before the work: a bad file fails now
     scorer = StreamingScorer(model, items, dataset.height, dataset.width, gamma, True, dtype)
     sources = [
         array_source(video.name, dataset.video_frames(index))
@@ -232,7 +233,7 @@ def calibrate_training_run(
     calibration = calibrate(
         scorer, sources, lambda_, false_alarm_rate, source_name="training videos"
     )
-    save_calibration(checkpoint_format.read(checkpoint_path), calibration, checkpoint_path)
+    save_calibration(checkpoint, calibration, checkpoint_path)
     print(
         f"calibrated on {calibration['frames']} training frames: threshold "
         f"{calibration['threshold']:.3f} at a {false_alarm_rate:.2%} false-alarm rate",

@@ -144,8 +144,8 @@ def read(
         if not isinstance(saved, dict) or entry not in saved:
             raise InputError(
                 f"{path} is not a train.py checkpoint (no {entry!r} entry); give a bare "
-                "state_dict as reference weights with its memory items instead (--model_dir "
-                "with --m_items_dir)"
+                "state_dict as reference weights with its memory items instead (model_dir "
+                "with m_items_dir)"
             )
     version = saved.get("format_version", 1)
     if version > FORMAT_VERSION:

@@ -160,3 +160,82 @@ def test_published_weights_through_the_api_and_torch_hub(published: Path) -> Non
         str(REPO_ROOT), "lgn_net", weights="untrained", source="local", device="cpu"
     )
     assert sum(p.numel() for p in untrained.model.parameters()) == 22_753_667
+
+
+def test_frames_in_memory_follow_one_contract(checkpoint: Path) -> None:
+    scorer = load_scorer(checkpoint, device="cpu", precision="fp32")
+    frames = clip_frames(6)
+    expected = scorer.score(frames).psnr
+    # Converted exactly: floats in [0, 1], other integer types, lists, tensors.
+    for same in (
+        frames.astype(np.float32) / 255,
+        frames / 255.0,
+        frames.astype(np.int64),
+        list(frames),
+        torch.from_numpy(frames),
+        torch.from_numpy(frames).half() / 255,
+    ):
+        np.testing.assert_array_equal(scorer.score(same).psnr, expected)
+    grey = np.stack([cv2.cvtColor(frame, cv2.COLOR_BGR2GRAY) for frame in frames])
+    np.testing.assert_array_equal(
+        scorer.score(grey).psnr, scorer.score(np.repeat(grey[..., None], 3, axis=-1)).psnr
+    )
+    # Refused in one line that says what was given and what is expected, naming no flag.
+    nan = frames.astype(np.float32) / 255
+    nan[0, 0, 0, 0] = np.nan
+    for given, says in (
+        (frames[0], "one frame"),
+        (frames.transpose(0, 3, 1, 2), "channels first"),
+        (frames.astype(np.uint16) * 257, f"values up to {int(frames.max()) * 257}"),
+        (frames.astype(np.float32), f"values in [{frames.min()}, {frames.max()}]"),
+        (frames.astype(np.float32) / 127.5 - 1, "(frames + 1) / 2"),
+        (nan, "float frames must lie in [0, 1]"),
+        ([frames[0], frames[1][:10]], "different shapes"),
+        (frames.astype(bool), "dtype bool"),
+        (np.zeros((6, 8)), "shape (6, 8)"),
+    ):
+        with pytest.raises(InputError) as raised:
+            scorer.score(given)
+        message = str(raised.value)
+        assert says in message and "(T, H, W, 3) in BGR" in message, message
+        assert "--" not in message and "\n" not in message
+
+
+def test_api_errors_name_no_command_line_flag(
+    checkpoint: Path, trained_run: Path, tmp_path: Path
+) -> None:
+    scorer = load_scorer(checkpoint, device="cpu")
+    (tmp_path / "state_dict.pth").write_bytes((trained_run / "model.pth").read_bytes())
+    for call in (
+        lambda: load_scorer(tmp_path / "missing.pth"),
+        lambda: load_scorer(model_dir=tmp_path / "missing.pth", m_items_dir=tmp_path / "x.pt"),
+        lambda: load_scorer(tmp_path / "state_dict.pth"),
+        lambda: load_scorer(checkpoint, precision="fp64"),
+        lambda: load_scorer(checkpoint, device="nonsense"),
+        lambda: scorer.score(tmp_path / "missing.mp4"),
+        lambda: load_scorer(),
+    ):
+        with pytest.raises(InputError) as raised:
+            call()
+        assert "--" not in str(raised.value), str(raised.value)
+
+
+def test_the_memory_carries_across_calls_only_when_asked(checkpoint: Path) -> None:
+    # gamma 1: every frame updates the memory, so where the memory starts shows.
+    scorer = load_scorer(checkpoint, device="cpu", precision="fp32", gamma=1.0)
+    loaded = load_for_inference(checkpoint)
+    first, second = clip_frames(6), clip_frames(7)[::-1].copy()
+    as_tensors = [torch.stack([preprocess(f, 16, 24) for f in clip]) for clip in (first, second)]
+
+    scorer.score(first, carry_memory=True)
+    carried = scorer.score(second, carry_memory=True)
+    fresh = scorer.score(second)
+    # evaluate.py's way: the second video starts from the memory the first one left.
+    after_first = evaluate_video(loaded.model, as_tensors[0], loaded.items, gamma=1.0).items
+    expected_carried = reference_scores(loaded.model, as_tensors[1], after_first, gamma=1.0)[0]
+    expected_fresh = reference_scores(loaded.model, as_tensors[1], loaded.items, gamma=1.0)[0]
+    np.testing.assert_allclose(carried.psnr, expected_carried, rtol=1e-5)
+    np.testing.assert_allclose(fresh.psnr, expected_fresh, rtol=1e-5)
+    assert not np.allclose(carried.feature_distance, fresh.feature_distance, rtol=1e-6)
+    scorer.reset_memory()
+    np.testing.assert_array_equal(scorer.score(second, carry_memory=True).psnr, fresh.psnr)

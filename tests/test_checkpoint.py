@@ -1,5 +1,5 @@
-"""Checkpoint loading: a reference-layout state_dict built from the documented layout alone, run through an
-independent functional forward, must give the loaded model's outputs."""
+"""Checkpoint loading: a reference-layout state_dict built from the documented layout alone,
+run through an independent functional forward, must give the loaded model's outputs."""
 
 from __future__ import annotations
 
@@ -22,7 +22,7 @@ LAYERS = 4
 
 
 def reference_layout() -> dict[str, tuple[int, ...]]:
-    """The 197 names and shapes of a default-size reference state_dict, from the documented layout."""
+    """The 197 names and shapes of a default-size reference state_dict, as documented."""
     shapes: dict[str, tuple[int, ...]] = {}
 
     def conv(name: str, cin: int, cout: int, k: int = 3, bias: bool = True) -> None:
@@ -106,7 +106,7 @@ def random_reference_state(seed: int = 0) -> dict[str, torch.Tensor]:
 
 
 def functional_forward(state: dict[str, torch.Tensor], frames: torch.Tensor, items: torch.Tensor):
-    """The eval-mode forward as documented, on raw tensors: (prediction, queries, feature distance)."""
+    """The documented eval-mode forward on raw tensors: (prediction, queries, distance)."""
 
     def conv(x, name, stride=1, padding=1):
         return F.conv2d(x, state[f"{name}.weight"], state.get(f"{name}.bias"), stride, padding)

@@ -483,3 +483,64 @@ def test_ctrl_c_keeps_the_outputs_so_far_and_exits_130(
     assert exited.value.code == 130
     assert capsys.readouterr().err.strip().splitlines()[-1].startswith("interrupted: the outputs")
     assert len(csv_path.read_text().splitlines()) == 1 + 2  # header, frames 2 and 3
+
+
+def test_sigterm_keeps_the_outputs_so_far_and_exits_143(tmp_path, tiny_checkpoint, monkeypatch):
+    import signal
+
+    import inference.detection
+
+    checkpoint = torch.load(tiny_checkpoint, weights_only=False)
+    checkpoint["calibration"] = calib.calibration_from_scores(
+        np.linspace(20.0, 21.0, 100), np.linspace(0.1, 0.2, 100)
+    )
+    calibrated = tmp_path / "calibrated.pth"
+    torch.save(checkpoint, calibrated)
+    clip = write_video(tmp_path / "clip.avi", scene(8, 1, size=16))
+    real = inference.detection.iter_scores
+
+    def terminated_after_four(*args, **kwargs):
+        for index, item in enumerate(real(*args, **kwargs)):
+            if index == 4:  # as `timeout`, `docker stop` or systemd would
+                signal.raise_signal(signal.SIGTERM)
+            yield item
+
+    monkeypatch.setattr(inference.detection, "iter_scores", terminated_after_four)
+    out = tmp_path / "out"
+    out.mkdir()
+    argv = ["--checkpoint", calibrated, "--input", clip, "--scores", out / "s.csv"]
+    argv += ["--events", out / "e.json", *FP32]
+    with pytest.raises(SystemExit) as exited:
+        run_cli(detect.main, detect.get_args_parser().parse_args([str(a) for a in argv]))
+    assert exited.value.code == 143
+    assert len((out / "s.csv").read_text().splitlines()) == 1 + 2  # header, frames 2 and 3
+    assert all(event["end"] <= 3 for event in json.loads((out / "e.json").read_text()))
+    assert sorted(p.name for p in out.iterdir()) == ["e.json", "s.csv"]  # no temporary files
+
+
+def test_calibration_refuses_a_rate_its_frames_cannot_support(tmp_path, tiny_checkpoint):
+    before = tiny_checkpoint.read_bytes()
+    clip = write_video(tmp_path / "clip.avi", scene(12, 1, size=16))
+    argv = ["--calibrate", "--checkpoint", tiny_checkpoint, "--input", clip, "--max_frames", "6"]
+    with pytest.raises(InputError, match="scored 4 normal frames.*needs at least 100"):
+        cli(*argv, "--output_checkpoint", tmp_path / "calibrated.pth")
+    assert not (tmp_path / "calibrated.pth").exists() and tiny_checkpoint.read_bytes() == before
+    # A rate they do support is accepted, and detection refuses rates below it.
+    cli(*argv, "--false_alarm_rate", "0.25", "--output_checkpoint", tmp_path / "calibrated.pth")
+    with pytest.raises(InputError, match="holds 4 normal frames.*at least 100"):
+        cli("--checkpoint", tmp_path / "calibrated.pth", "--input", clip, *FP32)
+
+
+def test_the_scores_csv_quotes_what_needs_quoting(tmp_path, tiny_checkpoint):
+    import csv
+
+    calibrated = tmp_path / "calibrated.pth"
+    folder = write_frames(tmp_path / "street, north", scene(5, 2, size=16))
+    cli("--calibrate", "--checkpoint", tiny_checkpoint, "--input", folder,
+        "--false_alarm_rate", "0.5", "--output_checkpoint", calibrated, *FP32)  # fmt: skip
+    cli("--checkpoint", calibrated, "--input", folder, "--false_alarm_rate", "0.5",
+        "--scores", tmp_path / "s.csv", *FP32)  # fmt: skip
+    with open(tmp_path / "s.csv", newline="") as handle:
+        rows = list(csv.DictReader(handle))
+    assert [row["video"] for row in rows] == ["street, north"] * 3
+    assert [int(row["frame"]) for row in rows] == [2, 3, 4]

@@ -802,3 +802,25 @@ def test_storage_errors_from_a_file_size_limit(tmp_path: Path) -> None:
         with pytest.raises(InputError, match="free disk space"):
             atomic_write(target, fail)
     assert not list(tmp_path.iterdir())
+
+
+def test_only_three_channel_frames_are_accepted(dataset_root: Path, tmp_path: Path) -> None:
+    message = input_error(train.main, train_args(dataset_root, tmp_path / "exp", "--c", "1"))
+    assert "--c 1" in message and "3-channel BGR" in message
+    assert not (tmp_path / "exp").exists()
+    message = input_error(evaluate.main, eval_args(dataset_root, "--checkpoint", "x", "--c", "1"))
+    assert "--c 1" in message
+
+
+def test_a_missing_file_url_is_named_as_a_missing_file(
+    dataset_root: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("LGN_CACHE", str(tmp_path / "cache"))
+    url = (tmp_path / "missing.pth").as_uri()
+    message = input_error(evaluate.main, eval_args(dataset_root, "--checkpoint", url))
+    assert "does not exist" in message and "connection" not in message and "resume" not in message
+
+
+def test_torch_hub_needs_weights() -> None:
+    with pytest.raises(InputError, match="give weights.*'untrained'"):
+        torch.hub.load(str(REPO_ROOT), "lgn_net", source="local", device="cpu")

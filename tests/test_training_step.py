@@ -52,8 +52,8 @@ def test_first_batch_norm_tracks_every_time_step(t_length: int) -> None:
 
 
 class LiteralReference:
-    """LGN-Net's training forward from the method's description, on copies of a model's parameters and buffers,
-    one input frame at a time in the spatiotemporal branch."""
+    """LGN-Net's training forward from the method's description, on copies of a model's
+    parameters and buffers, one input frame at a time in the spatiotemporal branch."""
 
     def __init__(self, model: LGNNet) -> None:
         self.params = {
