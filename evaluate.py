@@ -45,6 +45,7 @@ from data.datasets import DATASET_TYPES, dataset_dir_for
 from data.frames import FrameCache, FrameWindowDataset, find_split_dir, list_videos
 from data.labels import load_frame_labels, locate_labels
 from inference.benchmark import (
+    ScoringSettings,
     VideoResult,
     benchmark_metrics,
     save_plots,
@@ -194,68 +195,102 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
     loaded = load_for_inference(
         resolve_checkpoint(args.checkpoint) if args.checkpoint else None,
         args.model_dir, args.m_items_dir,
-        height=args.h, width=args.w, channels=args.c, t_length=args.t_length, msize=args.msize,
-        device=device,
+        height=args.h, width=args.w, device=device,
+        sizes={"channels": args.c, "t_length": args.t_length, "msize": args.msize},
     )  # fmt: skip
     dataset_dir = dataset_dir_for(args.dataset_type, Path(args.dataset_path))
     label_path = locate_labels(
         dataset_dir, Path(args.label_path) if args.label_path else None, args.dataset_type
     )
-    model = loaded.model
-    fast = args.fast_path == "auto" and device.type == "cuda"
-    if device.type == "cuda":
-        model = model.to(memory_format=torch.channels_last)
-        torch.backends.cudnn.benchmark = fast
-    batch_size = args.eval_batch_size or (EVAL_BATCH_SIZE_FAST if fast else EVAL_BATCH_SIZE)
+    settings = scoring_settings(args, loaded, device, dtype)
     videos = list_videos(find_split_dir(dataset_dir, "testing"))
     labels_by_video = load_frame_labels(dataset_dir, videos, label_path)
     print(describe_run(args, loaded, label_path, device, dtype), file=sys.stderr)
-    height, width = loaded.height, loaded.width
-    cache = FrameCache(height, width, Path(args.cache_dir) if args.cache_dir else None)
-    dataset = FrameWindowDataset(videos, height, width, model.t_length, cache)
+    cache = FrameCache(
+        loaded.height, loaded.width, Path(args.cache_dir) if args.cache_dir else None
+    )
+    dataset = FrameWindowDataset(videos, loaded.height, loaded.width, loaded.model.t_length, cache)
+    results = evaluate_split(loaded, dataset, labels_by_video, settings)
+    report = build_report(args, loaded, results, settings, str(label_path), time.time() - began)
+    write_outputs(args, report, results)
+    print_summary(report, len(results))
+    return report
+
+
+def scoring_settings(
+    args: argparse.Namespace, loaded: LoadedModel, device: torch.device, dtype: torch.dtype | None
+) -> ScoringSettings:
+    """The flags as scoring settings; on CUDA also the memory layout, cuDNN autotuning and
+    (fast path) the compiled functions of the model."""
+    fast = args.fast_path == "auto" and device.type == "cuda"
+    if device.type == "cuda":
+        loaded.model.to(memory_format=torch.channels_last)
+        torch.backends.cudnn.benchmark = fast
+    return ScoringSettings(
+        gamma=args.gamma,
+        memory_update=args.memory_update != "off",
+        lambda_=args.lambda_,
+        smooth=args.smooth,
+        batch_size=args.eval_batch_size or (EVAL_BATCH_SIZE_FAST if fast else EVAL_BATCH_SIZE),
+        dtype=dtype,
+        metric=QualityMetric(args.error_metric, device),
+        functions=compiled_scoring_functions(loaded.model) if fast else None,
+    )
+
+
+def evaluate_split(
+    loaded: LoadedModel,
+    dataset: FrameWindowDataset,
+    labels_by_video: dict[str, Any],
+    settings: ScoringSettings,
+) -> list[VideoResult]:
+    """Every test video scored in order (the memory carried over), with a progress bar."""
     bar = tqdm(total=len(dataset), desc="evaluating", unit="frame", dynamic_ncols=True)
 
     def advance(result: VideoResult) -> None:
         bar.update(len(result.labels))
 
-    memory_update = args.memory_update != "off"
     results, _ = score_test_videos(
-        model, loaded.items, dataset, labels_by_video,
-        gamma=args.gamma, memory_update=memory_update, lambda_=args.lambda_,
-        smooth=args.smooth, batch_size=batch_size, dtype=dtype,
-        metric=QualityMetric(args.error_metric, device),
-        functions=compiled_scoring_functions(model) if fast else None, on_video=advance,
-    )  # fmt: skip
+        loaded.model, loaded.items, dataset, labels_by_video, settings, on_video=advance
+    )
     bar.close()
-    metrics = benchmark_metrics(results, args.lambda_, args.smooth)
-    seconds = time.time() - began
-    report = {
+    return results
+
+
+def build_report(
+    args: argparse.Namespace,
+    loaded: LoadedModel,
+    results: list[VideoResult],
+    settings: ScoringSettings,
+    label_path: str,
+    seconds: float,
+) -> dict[str, Any]:
+    """The ``--report`` dictionary: AUCs, settings, provenance and timing."""
+    metrics = benchmark_metrics(results, settings.lambda_, settings.smooth)
+    return {
         "dataset": args.dataset_type,
         **{key: metrics[key] for key in ("auc", "auc_macro", "eer", "frames", "abnormal_frames")},
-        "lambda": args.lambda_,
-        "gamma": args.gamma,
-        "memory_update": memory_update,
+        "lambda": settings.lambda_,
+        "gamma": settings.gamma,
+        "memory_update": settings.memory_update,
         "memory_updates": sum(r.scores.memory_updates for r in results),
         "auc_components": metrics["auc_components"],
-        "smooth": args.smooth,
+        "smooth": settings.smooth,
         "error_metric": args.error_metric,
         "checkpoint": loaded.source,
-        "h": height,
-        "w": width,
-        "device": str(device),
-        "precision": precision_name(dtype),
-        "eval_batch_size": batch_size,
-        "fast_path": fast,
-        "label_path": str(label_path),
+        "h": loaded.height,
+        "w": loaded.width,
+        "device": str(loaded.items.device),
+        "precision": precision_name(settings.dtype),
+        "eval_batch_size": settings.batch_size,
+        "fast_path": settings.functions is not None,
+        "label_path": label_path,
         "checkpoint_epoch": loaded.checkpoint.get("epoch"),
         "checkpoint_step": loaded.checkpoint.get("step"),
         "seconds": round(seconds, 2),
         "frames_per_second": round(metrics["frames"] / seconds, 3),
         "videos": metrics["videos"],
     }
-    write_outputs(args, report, results)
-    print_summary(report, len(results))
-    return report
 
 
 def write_outputs(args: argparse.Namespace, report: dict[str, Any], results: list) -> None:

@@ -8,7 +8,7 @@ import csv
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 import torch
@@ -16,6 +16,7 @@ import torch
 from common.errors import InputError
 from common.files import atomic_write
 from data.frames import FrameWindowDataset, frames_to_tensor
+from inference.config import EVAL_BATCH_SIZE, GAMMA, LAMBDA
 from inference.video import QualityMetric, ScoringFunctions, VideoScores, evaluate_video
 from model import LGNNet
 from utils import equal_error_rate, frame_auc, normality_scores, smooth_scores
@@ -48,43 +49,48 @@ class VideoResult:
         return frame_auc(self.normality, self.labels) if both else None
 
 
+class ScoringSettings(NamedTuple):
+    """How a test split is scored (defaults: the reference protocol, PSNR, fp32, eager)."""
+
+    gamma: float = GAMMA  # a frame updates the memory when its point score is below gamma
+    memory_update: bool = True  # test-time memory updates at all
+    lambda_: float = LAMBDA  # weight of the frame score against the memory distance
+    smooth: float = 0.0  # Gaussian temporal smoothing of each video's normality, frames
+    batch_size: int = EVAL_BATCH_SIZE  # windows encoded together
+    dtype: torch.dtype | None = None  # autocast dtype, None for fp32
+    metric: QualityMetric | None = None  # a frame score other than PSNR
+    functions: ScoringFunctions | None = None  # compiled encoder and step (the fast path)
+
+
 def score_test_videos(
     model: LGNNet,
     items: torch.Tensor,
     dataset: FrameWindowDataset,
     labels_by_video: Mapping[str, np.ndarray],
-    *,
-    gamma: float,
-    memory_update: bool = True,
-    lambda_: float = 0.6,
-    smooth: float = 0.0,
-    batch_size: int = 8,
-    dtype: torch.dtype | None = None,
-    metric: QualityMetric | None = None,
-    functions: ScoringFunctions | None = None,
+    settings: ScoringSettings | None = None,
     on_video: Callable[[VideoResult], None] | None = None,
 ) -> tuple[list[VideoResult], torch.Tensor]:
     """Score every video of ``dataset`` in order, the memory items carried from one video to
     the next as the reference does. Returns the per-video results and the final items.
 
-    ``functions`` are the encoder and per-frame step to call (default: eager, see
-    :func:`inference.video.compiled_scoring_functions`); ``on_video`` is called after each
-    video (e.g. to advance a progress bar).
+    ``on_video`` is called after each video (e.g. to advance a progress bar).
     """
+    settings = settings or ScoringSettings()
     device = items.device
     results = []
     for index, video in enumerate(dataset.videos):
         frames = frames_to_tensor(torch.from_numpy(dataset.video_frames(index)).to(device))
         scores = evaluate_video(
-            model, frames, items, gamma, memory_update, batch_size, dtype, metric, functions
-        )
+            model, frames, items, settings.gamma, settings.memory_update, settings.batch_size,
+            settings.dtype, settings.metric, settings.functions,
+        )  # fmt: skip
         items = scores.items
         result = VideoResult(
             video.name,
             np.arange(dataset.t_length - 1, len(video)),
             labels_by_video[video.name][dataset.t_length - 1 :],
             scores,
-            fuse(scores, lambda_, smooth),
+            fuse(scores, settings.lambda_, settings.smooth),
         )
         results.append(result)
         if on_video is not None:
@@ -93,7 +99,7 @@ def score_test_videos(
 
 
 def benchmark_metrics(
-    results: list[VideoResult], lambda_: float = 0.6, smooth: float = 0.0
+    results: list[VideoResult], lambda_: float = LAMBDA, smooth: float = 0.0
 ) -> dict[str, Any]:
     """Pooled frame AUC, mean per-video AUC, EER, frame counts, the single-branch AUCs of the
     same pass and the per-video AUCs. Raises InputError when the labels hold one class."""

@@ -104,6 +104,10 @@ def evaluate_video(
 ) -> VideoScores:
     """Score every predictable frame of one video, in order, with test-time memory updates.
 
+    (Ten parameters, kept flat: after the model, the frames and the memory come the
+    protocol's settings, each with a default, and callers set one or two of them;
+    ``inference.benchmark.ScoringSettings`` bundles them for a whole split.)
+
     The memory-independent work (both encoders and the spatiotemporal branch) runs on
     ``batch_size`` windows at once; the memory read, decoding and updates then go frame by
     frame, so the scores equal the one-window-at-a-time protocol. The per-frame values stay on

@@ -235,9 +235,7 @@ def load_for_inference(
     *,
     height: int | None = None,
     width: int | None = None,
-    channels: int | None = None,
-    t_length: int | None = None,
-    msize: int | None = None,
+    sizes: Mapping[str, int | None] | None = None,
     device: torch.device | str = "cpu",
     reference_names: tuple[str, str] = ("--model_dir", "--m_items_dir"),
 ) -> LoadedModel:
@@ -245,57 +243,81 @@ def load_for_inference(
     names and URLs are resolved by :func:`model.pretrained.resolve_checkpoint` first) or from
     the reference release's pair ``model_dir`` (weights) + ``m_items_dir`` (items tensor).
 
-    Sizes given here override the stored ones (then the strict load names any entry that
-    does not fit); ``reference_names`` are how messages name the reference pair. The frame
-    size is the checkpoint's (reference weights: ``height``/
-    ``width``, else 256x256, the reference default); another one is refused: the scores
-    would silently mean something else.
+    ``sizes`` (``channels``, ``t_length``, ``msize``; None values ignored) override the
+    stored ones, and the strict load then names any entry that does not fit;
+    ``reference_names`` are how messages name the reference pair. The frame size is the
+    checkpoint's (reference weights: ``height``/``width``, else 256x256, the reference
+    default); another one is refused: the scores would silently mean something else.
 
     Raises:
         InputError: one line naming the file or flag and the fix.
     """
     check_frame_size(height, width)
-    given = {"channels": channels, "t_length": t_length, "msize": msize}
+    given = _not_none(sizes or {})
+    size = (height or FRAME_SIZE, width or FRAME_SIZE)
     if checkpoint:
-        path: Path | None = Path(checkpoint)
-        saved = read(path)
-        trained = frame_size(saved)
-        for flag, value, index in (("--h", height, 0), ("--w", width, 1)):
-            if trained and value is not None and value != trained[index]:
-                raise InputError(
-                    f"{flag} {value} differs from the {trained[0]}x{trained[1]} frames {path} "
-                    "was trained at; drop --h/--w (the size is read from the checkpoint)"
-                )
-        config = ModelConfig(**{**model_config(saved, str(path)).as_dict(), **_not_none(given)})
-        state, raw_items, source, items_source = (
-            saved["model"],
-            saved["items"],
-            str(path),
-            str(path),
-        )
-        size = trained or (height or FRAME_SIZE, width or FRAME_SIZE)
+        parts = _checkpoint_parts(Path(checkpoint), size, height, width, given)
     elif model_dir and m_items_dir:
-        path, saved = None, {}
-        weights_name, items_name = reference_names
-        state = extract_state_dict(read_weights_file(model_dir, weights_name), str(model_dir))
-        raw_items = read_weights_file(m_items_dir, items_name, pickled_network=False)
-        source, items_source = str(model_dir), str(m_items_dir)
-        if not isinstance(raw_items, torch.Tensor):
-            raise InputError(
-                f"{items_source}: the memory items are a {type(raw_items).__name__}, not a "
-                "tensor; pass the items file saved beside the weights (keys.pt)"
-            )
-        config = reference_model_config(state, raw_items, **given)
-        size = (height or FRAME_SIZE, width or FRAME_SIZE)
+        parts = _reference_parts(Path(model_dir), Path(m_items_dir), reference_names, given, size)
     else:
         raise InputError("give a checkpoint, or both reference files (weights and memory items)")
+    config = parts.config
     model = LGNNet.from_config(config)
-    load_model_weights(model, state, source=source)
-    items = load_memory_items(raw_items, config.msize, config.mdim, source=items_source)
-    if path is None:  # what detect.py's calibration writes out beside reference weights
-        saved = build(model, items, size)
+    load_model_weights(model, parts.state, source=parts.source)
+    items = load_memory_items(parts.items, config.msize, config.mdim, parts.items_source)
+    path: Path | None = Path(checkpoint) if checkpoint else None
+    # Reference weights get the checkpoint detect.py's calibration writes out beside them.
+    saved = parts.saved or build(model, items, parts.size)
     model = model.to(device).eval()
-    return LoadedModel(model, items.to(device), size[0], size[1], source, saved, path)
+    height, width = parts.size
+    return LoadedModel(model, items.to(device), height, width, parts.source, saved, path)
+
+
+class _Parts(NamedTuple):
+    """What :func:`load_for_inference` reads from either kind of weights."""
+
+    config: ModelConfig
+    state: Mapping[str, torch.Tensor]
+    items: Any  # the stored items, checked by load_memory_items
+    source: str  # the weights file, for messages
+    items_source: str
+    size: tuple[int, int]  # (height, width) to score at
+    saved: dict[str, Any] | None  # the checkpoint, None for reference weights
+
+
+def _checkpoint_parts(
+    path: Path, default: tuple[int, int], height: int | None, width: int | None,
+    given: dict[str, int],
+) -> _Parts:  # fmt: skip
+    """What :func:`load_for_inference` needs of one of our checkpoints."""
+    saved = read(path)
+    trained = frame_size(saved)
+    for flag, value, index in (("--h", height, 0), ("--w", width, 1)):
+        if trained and value is not None and value != trained[index]:
+            raise InputError(
+                f"{flag} {value} differs from the {trained[0]}x{trained[1]} frames {path} "
+                "was trained at; drop --h/--w (the size is read from the checkpoint)"
+            )
+    config = ModelConfig(**{**model_config(saved, str(path)).as_dict(), **given})
+    source = str(path)
+    return _Parts(config, saved["model"], saved["items"], source, source, trained or default, saved)
+
+
+def _reference_parts(
+    model_dir: Path, m_items_dir: Path, names: tuple[str, str], given: dict[str, int],
+    size: tuple[int, int],
+) -> _Parts:  # fmt: skip
+    """What :func:`load_for_inference` needs of the reference release's pair."""
+    weights_name, items_name = names
+    state = extract_state_dict(read_weights_file(model_dir, weights_name), str(model_dir))
+    raw_items = read_weights_file(m_items_dir, items_name, pickled_network=False)
+    if not isinstance(raw_items, torch.Tensor):
+        raise InputError(
+            f"{m_items_dir}: the memory items are a {type(raw_items).__name__}, not a tensor; "
+            "pass the items file saved beside the weights (keys.pt)"
+        )
+    config = reference_model_config(state, raw_items, **given)
+    return _Parts(config, state, raw_items, str(model_dir), str(m_items_dir), size, None)
 
 
 def _not_none(values: Mapping[str, int | None]) -> dict[str, int]:

@@ -75,6 +75,7 @@ def train_one_epoch(
     """One pass over ``loader``'s batches: per batch one forward, the loss
     ``MSE(prediction, target) + loss_compact·compactness + loss_separate·separateness``,
     one backward and one optimizer step; the memory items move on with every step.
+    (Nine parameters: what the loop steps, how each step runs, and where the epoch stands.)
 
     Args:
         model: an ``LGNNet``, under torchrun ``distributed.wrap_model``'s wrapper, or a
