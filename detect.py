@@ -61,9 +61,9 @@ from inference.calibration import (
 from inference.config import FALSE_ALARM_RATE, GAMMA, LAMBDA
 from inference.detection import DetectionOutputs, DetectionResult, detect, score_dataset
 from inference.streaming import StreamingScorer
-from model.checkpoint import LoadedModel, load_for_inference
+from model.checkpoint import LoadedModel
 from model.config import check_frame_size
-from model.pretrained import local_path, resolve_checkpoint
+from model.pretrained import load_weights, local_path
 
 
 def get_args_parser() -> argparse.ArgumentParser:
@@ -258,9 +258,9 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
     check_run_outputs(args)
     device = resolve_device(args.device)
     dtype = resolve_precision(args.precision, device)
-    loaded = load_for_inference(
-        resolve_checkpoint(args.checkpoint) if args.checkpoint else None,
-        args.model_dir, args.m_items_dir, height=args.h, width=args.w, device=device,
+    loaded = load_weights(
+        args.checkpoint, args.model_dir, args.m_items_dir, height=args.h, width=args.w,
+        device=device,
     )  # fmt: skip
     calibration = (
         None if args.calibrate else checked_calibration(loaded.checkpoint, str(loaded.path))

@@ -55,9 +55,9 @@ from inference.benchmark import (
 )
 from inference.config import EVAL_BATCH_SIZE, EVAL_BATCH_SIZE_FAST, GAMMA, LAMBDA
 from inference.video import QualityMetric, compiled_scoring_functions
-from model.checkpoint import LoadedModel, load_for_inference
+from model.checkpoint import LoadedModel
 from model.config import ModelConfig, check_frame_size
-from model.pretrained import local_path, resolve_checkpoint
+from model.pretrained import load_weights, local_path
 
 
 def get_args_parser() -> argparse.ArgumentParser:
@@ -192,9 +192,8 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
     began = time.time()
     device = resolve_device(args.device)
     dtype = resolve_precision(args.precision, device)
-    loaded = load_for_inference(
-        resolve_checkpoint(args.checkpoint) if args.checkpoint else None,
-        args.model_dir, args.m_items_dir,
+    loaded = load_weights(
+        args.checkpoint, args.model_dir, args.m_items_dir,
         height=args.h, width=args.w, device=device,
         sizes={"channels": args.c, "t_length": args.t_length, "msize": args.msize},
     )  # fmt: skip

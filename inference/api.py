@@ -39,8 +39,8 @@ from data.sources import FrameSource, array_source, checked_frames, open_input, 
 from inference.calibration import normality_from_calibration, threshold_for_rate
 from inference.config import FALSE_ALARM_RATE, GAMMA, LAMBDA
 from inference.video import evaluate_video
-from model.checkpoint import LoadedModel, load_for_inference
-from model.pretrained import resolve_checkpoint
+from model.checkpoint import LoadedModel
+from model.pretrained import load_weights
 from utils import normality_scores
 
 
@@ -163,8 +163,8 @@ def load_scorer(
     ``lambda_``, ``false_alarm_rate``)."""
     if checkpoint is None and not (model_dir and m_items_dir):
         raise InputError("give a checkpoint, or both model_dir and m_items_dir")
-    loaded = load_for_inference(
-        resolve_checkpoint(str(checkpoint)) if checkpoint is not None else None,
+    loaded = load_weights(
+        checkpoint,
         Path(model_dir) if model_dir else None,
         Path(m_items_dir) if m_items_dir else None,
         device=resolve_device(device, flag="device"),

@@ -19,6 +19,7 @@ sha256 and the entry to add below.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import urllib.parse
 import urllib.request
@@ -91,6 +92,19 @@ def resolve_checkpoint(spec: str, cache_dir: Path | None = None) -> Path:
             f"published name ({published_names()})"
         )
     return path
+
+
+def load_weights(
+    checkpoint: str | os.PathLike | None = None,
+    model_dir: str | os.PathLike | None = None,
+    m_items_dir: str | os.PathLike | None = None,
+    **options: Any,
+) -> checkpoint_format.LoadedModel:
+    """:func:`model.checkpoint.load_for_inference` of a checkpoint given as a path, a URL or
+    a published name (resolved here, downloading once), or of the reference pair;
+    ``options`` are that function's keyword arguments."""
+    path = resolve_checkpoint(str(checkpoint)) if checkpoint else None
+    return checkpoint_format.load_for_inference(path, model_dir, m_items_dir, **options)
 
 
 def export_weights(checkpoint: str | Path, output: str | Path) -> dict[str, Any]:

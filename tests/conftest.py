@@ -29,6 +29,25 @@ TINY_TRAIN_FLAGS = [*TINY_MODEL_FLAGS, "--msize", "4", "--batch_size", "3", "--n
 TINY_TRAIN_FLAGS += ["--precision", "fp32"]
 
 
+def one_line_error(main, *args: object) -> str:
+    """The message of the InputError that ``main(*args)`` raises; it must be one line."""
+    from common.errors import InputError
+
+    with pytest.raises(InputError) as raised:
+        main(*args)
+    message = str(raised.value)
+    assert "\n" not in message
+    return message
+
+
+def training_windows(tiny_dataset: Path, height: int, width: int, t_length: int):
+    """The windows of the shared tiny dataset's training videos at ``height`` x ``width``."""
+    from data.frames import FrameWindowDataset, find_split_dir, list_videos
+
+    videos = list_videos(find_split_dir(tiny_dataset / "ped2", "training"))
+    return FrameWindowDataset(videos, height, width, t_length=t_length)
+
+
 def make_tiny_dataset(
     root: Path, train_videos: int = 2, test_videos: int = 2, min_frames: int = 20,
     max_frames: int = 22,

@@ -197,3 +197,20 @@ def test_bad_flag_exits_with_one_line(tmp_path: Path) -> None:
     assert (
         result.stderr.strip().splitlines()[-1] == "error: --h 30 must be a positive multiple of 8"
     )
+
+
+def test_named_configurations_are_the_documented_command_lines() -> None:
+    def parsed(argv: list[str]) -> dict:
+        values = vars(train.parse_args(argv))
+        values.pop("config")
+        return values
+
+    # The README's quickstart and RESULTS.md's Ped2 CPU command, spelled out in full.
+    quickstart = "--dataset_type demo --h 32 --w 48 --epochs 1 --num_workers 0"
+    ped2_cpu = "--dataset_type ped2 --h 32 --w 48 --epochs 2 --batch_size 6 --num_workers 0"
+    ped2_cpu += " --precision fp32"
+    assert parsed(["--config", "demo"]) == parsed(quickstart.split())
+    assert parsed(["--config", "ped2_cpu"]) == parsed(ped2_cpu.split())
+    assert parsed(["--config", "ped2_paper"]) == parsed([])  # the paper's are the defaults
+    # Flags given beside a configuration win, wherever they stand.
+    assert parsed(["--epochs", "3", "--config", "ped2_cpu"])["epochs"] == 3

@@ -12,12 +12,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import training_windows
 from torch.utils.data import DataLoader
 
 import evaluate
 import train
 from data.device_frames import DeviceWindows
-from data.frames import FrameWindowDataset, find_split_dir, list_videos
+from data.frames import FrameWindowDataset
 from inference.video import compiled_scoring_functions, evaluate_video
 from model import LGNNet, init_memory_items
 from training.loop import StepModel, epoch_batches, train_one_epoch
@@ -29,8 +30,7 @@ TINY = {"msize": 4, "fdim": 16, "mdim": 16, "hidden": 8}
 
 @pytest.fixture(scope="module")
 def dataset(tiny_dataset: Path) -> FrameWindowDataset:
-    videos = list_videos(find_split_dir(tiny_dataset / "ped2", "training"))
-    return FrameWindowDataset(videos, 32, 48, t_length=5)
+    return training_windows(tiny_dataset, 32, 48, 5)
 
 
 def test_device_windows_equal_the_dataloader_on_cuda(dataset: FrameWindowDataset) -> None:

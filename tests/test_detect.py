@@ -436,12 +436,7 @@ def test_checkpoint_without_calibration_says_how_to_calibrate(tmp_path, tiny_che
 def test_stream_ending_before_one_window_writes_empty_outputs_and_exits_2(
     tmp_path, tiny_checkpoint, capsys
 ):
-    checkpoint = torch.load(tiny_checkpoint, weights_only=False)
-    checkpoint["calibration"] = calib.calibration_from_scores(
-        np.linspace(20.0, 21.0, 100), np.linspace(0.1, 0.2, 100)
-    )
-    calibrated = tmp_path / "calibrated.pth"
-    torch.save(checkpoint, calibrated)
+    calibrated = calibrated_copy(tiny_checkpoint, tmp_path)
     short = write_video(tmp_path / "short.avi", scene(2, 1, size=16))  # t_length is 3
     csv_path, events = tmp_path / "s.csv", tmp_path / "e.json"
     argv = ["--checkpoint", calibrated, "--input", short, "--csv", csv_path, "--events", events]
@@ -455,27 +450,41 @@ def test_stream_ending_before_one_window_writes_empty_outputs_and_exits_2(
     assert json.loads(events.read_text()) == []
 
 
-def test_ctrl_c_keeps_the_outputs_so_far_and_exits_130(
-    tmp_path, tiny_checkpoint, monkeypatch, capsys
-):
-    import inference.detection
-
+def calibrated_copy(tiny_checkpoint: Path, folder: Path) -> Path:
+    """The tiny checkpoint with a 100-frame calibration, written to ``folder``."""
     checkpoint = torch.load(tiny_checkpoint, weights_only=False)
     checkpoint["calibration"] = calib.calibration_from_scores(
         np.linspace(20.0, 21.0, 100), np.linspace(0.1, 0.2, 100)
     )
-    calibrated = tmp_path / "calibrated.pth"
-    torch.save(checkpoint, calibrated)
-    clip = write_video(tmp_path / "clip.avi", scene(8, 1, size=16))
+    torch.save(checkpoint, folder / "calibrated.pth")
+    return folder / "calibrated.pth"
+
+
+def stop_after_four_frames(monkeypatch, stop) -> None:
+    """Make detection call ``stop()`` when the fifth frame arrives."""
+    import inference.detection
+
     real = inference.detection.iter_scores
 
-    def interrupted_after_four(*args, **kwargs):
+    def stopping(*args, **kwargs):
         for index, item in enumerate(real(*args, **kwargs)):
             if index == 4:
-                raise KeyboardInterrupt
+                stop()
             yield item
 
-    monkeypatch.setattr(inference.detection, "iter_scores", interrupted_after_four)
+    monkeypatch.setattr(inference.detection, "iter_scores", stopping)
+
+
+def test_ctrl_c_keeps_the_outputs_so_far_and_exits_130(
+    tmp_path, tiny_checkpoint, monkeypatch, capsys
+):
+    calibrated = calibrated_copy(tiny_checkpoint, tmp_path)
+    clip = write_video(tmp_path / "clip.avi", scene(8, 1, size=16))
+
+    def ctrl_c():
+        raise KeyboardInterrupt
+
+    stop_after_four_frames(monkeypatch, ctrl_c)
     csv_path = tmp_path / "s.csv"
     argv = ["--checkpoint", calibrated, "--input", clip, "--csv", csv_path, *FP32]
     with pytest.raises(SystemExit) as exited:
@@ -488,24 +497,10 @@ def test_ctrl_c_keeps_the_outputs_so_far_and_exits_130(
 def test_sigterm_keeps_the_outputs_so_far_and_exits_143(tmp_path, tiny_checkpoint, monkeypatch):
     import signal
 
-    import inference.detection
-
-    checkpoint = torch.load(tiny_checkpoint, weights_only=False)
-    checkpoint["calibration"] = calib.calibration_from_scores(
-        np.linspace(20.0, 21.0, 100), np.linspace(0.1, 0.2, 100)
-    )
-    calibrated = tmp_path / "calibrated.pth"
-    torch.save(checkpoint, calibrated)
+    calibrated = calibrated_copy(tiny_checkpoint, tmp_path)
     clip = write_video(tmp_path / "clip.avi", scene(8, 1, size=16))
-    real = inference.detection.iter_scores
-
-    def terminated_after_four(*args, **kwargs):
-        for index, item in enumerate(real(*args, **kwargs)):
-            if index == 4:  # as `timeout`, `docker stop` or systemd would
-                signal.raise_signal(signal.SIGTERM)
-            yield item
-
-    monkeypatch.setattr(inference.detection, "iter_scores", terminated_after_four)
+    # As `timeout`, `docker stop` or systemd would: a real signal, handled by run_cli.
+    stop_after_four_frames(monkeypatch, lambda: signal.raise_signal(signal.SIGTERM))
     out = tmp_path / "out"
     out.mkdir()
     argv = ["--checkpoint", calibrated, "--input", clip, "--scores", out / "s.csv"]

@@ -22,7 +22,7 @@ import cv2
 import numpy as np
 import pytest
 import torch
-from conftest import TINY_MODEL_FLAGS, TINY_TRAIN_FLAGS
+from conftest import TINY_MODEL_FLAGS, TINY_TRAIN_FLAGS, one_line_error
 
 import evaluate
 import train
@@ -93,11 +93,7 @@ def eval_args(dataset_root: Path, *extra: str):
 
 def input_error(main, args) -> str:
     """The message of the InputError that ``main(args)`` raises; it must be one line."""
-    with pytest.raises(InputError) as raised:
-        main(args)
-    message = str(raised.value)
-    assert "\n" not in message
-    return message
+    return one_line_error(main, args)
 
 
 def link_run(run_dir: Path, tmp_path: Path) -> Path:

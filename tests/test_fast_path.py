@@ -10,12 +10,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import training_windows
 from torch.utils.data import DataLoader
 
 import training.loop
 from common.errors import InputError
 from data.device_frames import DeviceWindows
-from data.frames import FrameWindowDataset, find_split_dir, list_videos
+from data.frames import FrameWindowDataset
 from inference.video import compiled_scoring_functions, evaluate_video
 from model import LGNNet, init_memory_items, update_memory
 from training.loop import StepModel, epoch_batches, train_one_epoch
@@ -25,8 +26,7 @@ TINY = {"msize": 4, "fdim": 16, "mdim": 16, "hidden": 8}
 
 @pytest.fixture(scope="module")
 def dataset(tiny_dataset: Path) -> FrameWindowDataset:
-    videos = list_videos(find_split_dir(tiny_dataset / "ped2", "training"))
-    return FrameWindowDataset(videos, 16, 24, t_length=3)
+    return training_windows(tiny_dataset, 16, 24, 3)
 
 
 def test_device_windows_equal_the_dataloader_batches(dataset: FrameWindowDataset) -> None:

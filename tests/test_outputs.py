@@ -13,7 +13,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
-from conftest import TINY_TRAIN_FLAGS
+from conftest import TINY_TRAIN_FLAGS, one_line_error
 
 import detect
 import evaluate
@@ -34,14 +34,6 @@ def tree_digest(*roots: Path) -> str:
         for path in paths:
             digest.update(str(path).encode() + b"\0" + path.read_bytes())
     return digest.hexdigest()
-
-
-def refusal(main, args) -> str:
-    with pytest.raises(InputError) as raised:
-        main(args)
-    message = str(raised.value)
-    assert "\n" not in message
-    return message
 
 
 @pytest.fixture
@@ -89,7 +81,7 @@ def test_evaluate_refuses_outputs_over_its_inputs(inputs: dict[str, Path], tmp_p
     ]  # fmt: skip
     np.save(tmp_path / "l.npy", np.zeros(10, np.int64))
     for extra, output_flag, input_flag in cases:
-        message = refusal(evaluate.main, eval_args(inputs, *extra))
+        message = one_line_error(evaluate.main, eval_args(inputs, *extra))
         assert output_flag in message and input_flag in message, message
     assert tree_digest(inputs["root"]) == before  # nothing changed, nothing added
 
@@ -102,7 +94,7 @@ def test_links_and_relative_paths_name_the_same_file(
     os.link(inputs["checkpoint"], tmp_path / "hard.pth")
     monkeypatch.chdir(inputs["root"] / "ped2")
     for output in (tmp_path / "link.pth", tmp_path / "hard.pth", "../ck.pth", "testing/x.csv"):
-        message = refusal(evaluate.main, eval_args(inputs, "--scores", output))
+        message = one_line_error(evaluate.main, eval_args(inputs, "--scores", output))
         assert "--scores" in message
     assert tree_digest(inputs["root"]) == before
 
@@ -120,15 +112,19 @@ def test_detect_refuses_outputs_over_footage_checkpoint_and_labels(
         ("--report", frames / "000.jpg", "--input"),
     ):
         argv = ["--checkpoint", checkpoint, "--input", frames if flag == "--report" else video]
-        message = refusal(detect.main, detect_args(*argv, flag, target))
+        message = one_line_error(detect.main, detect_args(*argv, flag, target))
         assert flag in message and input_flag in message, message
     labels = inputs["root"] / "ped2" / "frame_labels_ped2.npy"
     argv = ["--checkpoint", checkpoint, "--dataset", inputs["root"] / "ped2"]
-    message = refusal(detect.main, detect_args(*argv, "--label_path", labels, "--events", labels))
+    message = one_line_error(
+        detect.main, detect_args(*argv, "--label_path", labels, "--events", labels)
+    )
     assert "--events" in message and "--label_path" in message
     # Calibration must not write its checkpoint into the footage it calibrates on.
     argv = ["--calibrate", "--checkpoint", checkpoint, "--input", frames]
-    message = refusal(detect.main, detect_args(*argv, "--output_checkpoint", frames / "005.png"))
+    message = one_line_error(
+        detect.main, detect_args(*argv, "--output_checkpoint", frames / "005.png")
+    )
     assert "--output_checkpoint" in message and "--input" in message
     assert tree_digest(inputs["root"], inputs["video"]) == before
 
@@ -140,7 +136,7 @@ def test_train_refuses_run_and_cache_folders_inside_its_dataset(inputs: dict[str
         (["--output_root", str(inputs["root"] / "ped2" / "testing")], "--output_root"),
         (["--cache_dir", str(inputs["root"] / "ped2" / "training" / "frames")], "--cache_dir"),
     ):
-        message = refusal(train.main, train.get_args_parser().parse_args([*base, *extra]))
+        message = one_line_error(train.main, train.get_args_parser().parse_args([*base, *extra]))
         assert flag in message and "--dataset_path" in message
     assert tree_digest(inputs["root"]) == before
 

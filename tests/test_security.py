@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import REPO_ROOT
+from conftest import REPO_ROOT, one_line_error
 
 import detect
 import evaluate
@@ -112,11 +112,7 @@ def payload_never_runs(request: pytest.FixtureRequest):
 
 def refusal(call, *args, **kwargs) -> str:
     """The one-line InputError message of ``call``."""
-    with pytest.raises(InputError) as raised:
-        call(*args, **kwargs)
-    message = str(raised.value)
-    assert "\n" not in message
-    return message
+    return one_line_error(lambda: call(*args, **kwargs))
 
 
 def eval_args(tiny_dataset: Path, *extra: object) -> object:
