@@ -41,6 +41,7 @@ from common.outputs import check_outputs
 from data.datasets import DATASET_TYPES, dataset_dir_for
 from data.device_frames import DeviceWindows
 from data.frames import FrameCache, FrameWindowDataset, find_split_dir, list_videos
+from inference.config import FALSE_ALARM_RATE
 from model.config import ModelConfig, check_frame_size
 from training import distributed
 from training.config import NAMED_CONFIGS, TrainConfig
@@ -247,6 +248,10 @@ def train_this_process(args: argparse.Namespace, device: torch.device) -> Path:
     )
     config = TrainConfig.from_args(args)
     dataset = open_training_split(args)
+    if args.calibrate:  # one window per scored frame: refuse now rather than after training
+        from inference.calibration import check_enough_frames
+
+        check_enough_frames(len(dataset), FALSE_ALARM_RATE, "the training videos hold")
     setup = prepare_training(config, device, resume, args.sync_check_every)
     device_windows = DeviceWindows.if_they_fit(dataset, device) if setup.fast else None
     if distributed.is_main():

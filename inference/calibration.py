@@ -60,14 +60,9 @@ def calibration_from_scores(
     frames: their means and standard deviations, lambda, a 1001-entry quantile table of the
     normality s and the threshold at ``false_alarm_rate``. Plain floats and lists only."""
     psnr, distance = np.asarray(psnr, np.float64), np.asarray(distance, np.float64)
-    needed = max(2, minimum_frames(false_alarm_rate))
-    if psnr.size < needed or psnr.shape != distance.shape:
-        raise InputError(
-            f"calibration scored {psnr.size} normal frames; a false-alarm rate of "
-            f"{false_alarm_rate:g} needs at least {needed} (one in {needed} flagged); give more "
-            "normal footage (each video scores its frames after the first t_length - 1) or a "
-            "larger false-alarm rate"
-        )
+    if psnr.shape != distance.shape:
+        raise InputError(f"{psnr.size} PSNRs but {distance.size} distances to calibrate on")
+    check_enough_frames(psnr.size, false_alarm_rate, "calibration scored")
     calibration: dict[str, Any] = {
         "version": CALIBRATION_VERSION,
         "psnr_mean": float(psnr.mean()),
@@ -96,6 +91,18 @@ def normality_from_calibration(
         "distance_std"
     ]
     return lam * z_psnr - (1 - lam) * z_distance
+
+
+def check_enough_frames(frames: int, false_alarm_rate: float, what: str) -> None:
+    """Raise :class:`InputError` unless ``frames`` normal frames support a threshold at
+    ``false_alarm_rate`` (:func:`minimum_frames`); ``what`` begins the message."""
+    needed = max(2, minimum_frames(false_alarm_rate))
+    if frames < needed:
+        raise InputError(
+            f"{what} {frames} normal frames; a false-alarm rate of {false_alarm_rate:g} needs "
+            f"at least {needed}: give more normal footage (each video scores its frames after "
+            "the first t_length - 1) or a larger false-alarm rate"
+        )
 
 
 def minimum_frames(false_alarm_rate: float) -> int:
@@ -225,6 +232,7 @@ def calibrate_training_run(
         dataset: a ``data.frames.FrameWindowDataset`` (its decoded frames are reused).
     """
     checkpoint = checkpoint_format.read(checkpoint_path)  # before the work: a bad file fails now
+    check_enough_frames(len(dataset), false_alarm_rate, "the training videos hold")
     scorer = StreamingScorer(model, items, dataset.height, dataset.width, gamma, True, dtype)
     sources = [
         array_source(video.name, dataset.video_frames(index))

@@ -820,3 +820,12 @@ def test_a_missing_file_url_is_named_as_a_missing_file(
 def test_torch_hub_needs_weights() -> None:
     with pytest.raises(InputError, match="give weights.*'untrained'"):
         torch.hub.load(str(REPO_ROOT), "lgn_net", source="local", device="cpu")
+
+
+def test_calibrating_on_too_few_training_frames_is_refused_before_training(
+    dataset_root: Path, tmp_path: Path
+) -> None:
+    args = train_args(dataset_root, tmp_path / "exp", "--epochs", "1", "--calibrate")
+    message = input_error(train.main, args)
+    assert "the training videos hold 7 normal frames" in message and "at least 100" in message
+    assert not (tmp_path / "exp").exists()
