@@ -23,7 +23,8 @@ import torch
 from tqdm import tqdm
 
 from data.datasets import DATASET_TYPES, dataset_dir_for
-from data.frames import FrameCache, FrameWindowDataset, find_split_dir, list_videos
+from data.frame_store import add_frames_flag, choose_frames
+from data.frames import FrameWindowDataset, find_split_dir, list_videos
 from data.labels import load_frame_labels, locate_labels
 from inference.benchmark import (
     VideoResult,
@@ -57,6 +58,7 @@ def get_args_parser() -> argparse.ArgumentParser:
     data.add_argument("--dataset_path", default="./datasets", help="folder holding <dataset_type>/")
     data.add_argument("--label_path", default=None, help="label file or folder (default: found)")
     data.add_argument("--cache_dir", default=None, help="keep decoded, resized frames here")
+    add_frames_flag(data)
     data.add_argument("--h", type=int, default=None, help="frame height (default: as trained)")
     data.add_argument("--w", type=int, default=None, help="frame width (default: as trained)")
     data.add_argument("--c", type=int, default=None, help="channels per frame (default: found)")
@@ -213,8 +215,15 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
     labels_by_video = load_frame_labels(dataset_dir, all_videos, label_path)
     print(describe_run(args, loaded, label_path, device, dtype), file=sys.stderr)
     args.h, args.w = loaded.height, loaded.width
-    cache = FrameCache(args.h, args.w, Path(args.cache_dir) if args.cache_dir else None)
-    dataset = FrameWindowDataset(all_videos, args.h, args.w, args.t_length, cache)
+    cache_dir = Path(args.cache_dir) if args.cache_dir else None
+    frames = choose_frames(
+        args.frames, all_videos, args.h, args.w, cache_dir, dataset_dir, one_video_at_a_time=True
+    )
+    print(frames.line, file=sys.stderr)
+    # Videos are scored one after the other: each is loaded when its turn comes.
+    dataset = FrameWindowDataset(
+        all_videos, args.h, args.w, args.t_length, frames.source, preload=False
+    )
     metric = QualityMetric(args.error_metric, device)
 
     bar = tqdm(total=len(dataset), desc="evaluating", unit="frame", dynamic_ncols=True)

@@ -26,7 +26,8 @@ from torch.utils.data import DataLoader
 
 from data.datasets import DATASET_TYPES, dataset_dir_for
 from data.device_frames import DeviceWindows
-from data.frames import FrameCache, FrameWindowDataset, find_split_dir, list_videos
+from data.frame_store import add_frames_flag, choose_frames
+from data.frames import FrameWindowDataset, find_split_dir, list_videos
 from model import LGNNet, init_memory_items
 from training import distributed
 from training.loop import (
@@ -61,6 +62,7 @@ def get_args_parser() -> argparse.ArgumentParser:
     data.add_argument("--dataset_type", default="ped2", choices=DATASET_TYPES, help="benchmark")
     data.add_argument("--dataset_path", default="./datasets", help="folder holding <dataset_type>/")
     data.add_argument("--cache_dir", default=None, help="keep decoded, resized frames here")
+    add_frames_flag(data)
     data.add_argument("--num_workers", type=int, default=2, help="DataLoader worker processes")
     data.add_argument("--h", type=int, default=256, help="frame height fed to the model")
     data.add_argument("--w", type=int, default=256, help="frame width fed to the model")
@@ -200,8 +202,11 @@ def train_this_process(args: argparse.Namespace, device: torch.device) -> Path:
 
     dataset_dir = dataset_dir_for(args.dataset_type, Path(args.dataset_path))
     videos = list_videos(find_split_dir(dataset_dir, "training"))
-    cache = FrameCache(args.h, args.w, Path(args.cache_dir) if args.cache_dir else None)
-    dataset = FrameWindowDataset(videos, args.h, args.w, args.t_length, cache)
+    cache_dir = Path(args.cache_dir) if args.cache_dir else None
+    frames = choose_frames(args.frames, videos, args.h, args.w, cache_dir, dataset_dir)
+    if is_main:
+        print(frames.line, file=sys.stderr)
+    dataset = FrameWindowDataset(videos, args.h, args.w, args.t_length, frames.source)
     if len(dataset) < args.batch_size * world_size:
         per_process = f" for each of {world_size} processes" if world_size > 1 else ""
         raise InputError(

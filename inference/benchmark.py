@@ -83,6 +83,7 @@ def score_test_videos(
         scores = evaluate_video(
             model, frames, items, gamma, memory_update, batch_size, dtype, metric, functions
         )
+        del frames  # before the next video is loaded: one video's frames at a time
         items = scores.items
         result = VideoResult(
             video.name,
