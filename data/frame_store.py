@@ -384,6 +384,7 @@ def choose_frames(
     one_video_at_a_time: bool = False,
     budget: MemoryBudget | None = None,
     processes: int | None = None,
+    copies: int | None = None,
 ) -> FramesChoice:
     """The frame source of a run for ``--frames`` ``mode`` (``auto``, ``memory``, ``disk``).
 
@@ -392,7 +393,8 @@ def choose_frames(
     in-memory source is a :class:`FrameCache` (which also keeps ``.npy`` files in
     ``cache_dir`` when given), the disk one a :class:`FrameStore` in ``cache_dir`` or
     :func:`default_store_dir`. ``budget`` defaults to :func:`memory_budget`; ``processes``
-    (decoding processes) to every usable CPU.
+    (decoding processes) to every usable CPU; ``copies`` (processes on this machine that each
+    hold the frames in memory) to torchrun's ``LOCAL_WORLD_SIZE``, else 1.
 
     Raises:
         InputError: for an unknown mode, or a default store folder inside ``dataset_dir``.
@@ -403,6 +405,12 @@ def choose_frames(
     lengths = [len(video) for video in videos] or [0]
     needed = (max(lengths) if one_video_at_a_time else sum(lengths)) * frame_bytes
     what = f"largest video {gigabytes(needed)}" if one_video_at_a_time else gigabytes(needed)
+    if copies is None:
+        local = os.environ.get("LOCAL_WORLD_SIZE", "1")
+        copies = int(local) if local.isdigit() else 1
+    if copies > 1:  # each process on the machine would hold its own copy
+        needed *= copies
+        what = f"{copies} processes x {what}"
     budget = budget if budget is not None else memory_budget()
     if budget.available is None:
         fits, limit = True, "memory size unknown"

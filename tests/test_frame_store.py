@@ -316,6 +316,10 @@ def test_auto_keeps_the_frames_in_memory_when_half_the_budget_holds_them(
     small = MemoryBudget(2 * longest - 2, "MemAvailable")
     assert choose_frames("auto", videos, H, W, budget=small, one_video_at_a_time=True).on_disk
 
+    # Under torchrun every process on the machine holds its own copy.
+    twice = choose_frames("auto", videos, H, W, budget=roomy, copies=2)
+    assert twice.on_disk and "2 processes x 4 kB decoded >" in twice.line
+
     # Forced paths, whatever the budget.
     assert choose_frames("disk", videos, H, W, budget=roomy).on_disk
     forced = choose_frames("memory", videos, H, W, budget=tight)
