@@ -275,6 +275,7 @@ def main() -> None:
     parser.add_argument("--tree", default=None, help="measure this split folder instead")
     parser.add_argument("--paths", default="memory,disk", help="memory, disk or both")
     parser.add_argument("--batches", type=int, default=500, help="training batches per run")
+    parser.add_argument("--repeats", type=int, default=1, help="runs per path (medians shown)")
     parser.add_argument("--batch_size", type=int, default=6)
     parser.add_argument("--num_workers", type=int, default=2, help="DataLoader workers")
     parser.add_argument("--processes", type=int, default=None, help="decoding processes")
@@ -328,9 +329,11 @@ def main() -> None:
                 tree = generate_tree(work / f"tree_{spec[0]}", spec[0], spec[1], height, width)
                 print(f"{label}: tree of {spec[0]} frames ready in "
                       f"{time.monotonic() - began:.0f} s", file=sys.stderr)  # fmt: skip
-            for path in args.paths.split(","):
+            runs = [(r, path) for r in range(args.repeats) for path in args.paths.split(",")]
+            for repeat, path in runs:  # alternating paths, so that load changes hit both
                 row = {"tree": label, "size": f"{height}x{width}", "path": path}
-                if path == "disk":
+                row["repeat"] = repeat
+                if path == "disk" and repeat == 0:
                     marks, sampler = measure(["--child", "fill", "--tree", str(tree), *common])
                     filled = marks["filled"]
                     row["first_pass_frames_per_s"] = round(
@@ -379,11 +382,18 @@ def main() -> None:
     header = ("tree", "path", "frames", "setup s", "1st pass frames/s", "windows/s",
               "main RssAnon MB", "tree PssAnon MB", "eval video s")  # fmt: skip
     print("| " + " | ".join(header) + " |\n|" + "---|" * len(header))
+    groups: dict[tuple[str, str], list[dict]] = {}
     for row in rows:
+        groups.setdefault((row["tree"], row["path"]), []).append(row)
+    for (tree_label, path), group in groups.items():
+        rates = sorted(row["windows_per_s"] for row in group)
+        rate = f"{np.median(rates):.0f}" + (f" ({rates[0]:.0f}-{rates[-1]:.0f})" * (len(rates) > 1))
         cells = (
-            row["tree"], row["path"], row["frames"], row["setup_s"],
-            row.get("first_pass_frames_per_s", ""), row["windows_per_s"],
-            row["peak_main_rss_anon_mb"], row["peak_tree_pss_anon_mb"], row["evaluation_video_s"],
+            tree_label, path, group[0]["frames"], np.median([r["setup_s"] for r in group]),
+            group[0].get("first_pass_frames_per_s", ""), rate,
+            max(r["peak_main_rss_anon_mb"] for r in group),
+            max(r["peak_tree_pss_anon_mb"] for r in group),
+            np.median([r["evaluation_video_s"] for r in group]),
         )  # fmt: skip
         print("| " + " | ".join(str(cell) for cell in cells) + " |")
     if args.json:

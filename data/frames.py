@@ -456,6 +456,11 @@ class FrameSource(Protocol):
         ...
 
 
+def _mapped_file(frames: np.ndarray) -> str | os.PathLike | None:
+    """The file ``frames`` are memory-mapped from, or None for frames held in memory."""
+    return frames.filename if isinstance(frames, np.memmap) else None
+
+
 class FrameWindowDataset(torch.utils.data.Dataset):
     """Every run of ``t_length`` consecutive frames (stride 1) of every video.
 
@@ -503,9 +508,15 @@ class FrameWindowDataset(torch.utils.data.Dataset):
             else:
                 self.videos.append(video)
         self.preload = bool(preload)
-        self._frames: list[np.ndarray | str | os.PathLike] | None = None
+        self._frames: list[np.ndarray | None] | None = None
+        # The file behind each memory-mapped video (None: frames held in memory).
+        self._files: list[str | os.PathLike | None] = []
         if self.preload:
-            self._frames = list(self.cache.get_all(self.videos))
+            loaded = self.cache.get_all(self.videos)
+            self._files = [_mapped_file(frames) for frames in loaded]
+            # Plain views of the maps: slicing an np.memmap subclass costs about a microsecond
+            # more per window.
+            self._frames = [np.asarray(frames) for frames in loaded]
         else:
             self.cache.prepare(self.videos)
         self.windows: list[tuple[int, int]] = [
@@ -525,8 +536,8 @@ class FrameWindowDataset(torch.utils.data.Dataset):
         state = self.__dict__.copy()
         if self._frames is not None:
             state["_frames"] = [
-                frames.filename if isinstance(frames, np.memmap) and frames.filename else frames
-                for frames in self._frames
+                None if file is not None else frames
+                for frames, file in zip(self._frames, self._files, strict=True)
             ]
         return state
 
@@ -544,14 +555,15 @@ class FrameWindowDataset(torch.utils.data.Dataset):
         return frames_to_tensor(window).reshape(-1, self.height, self.width)
 
     def video_frames(self, video_index: int) -> np.ndarray:
-        """All frames of ``self.videos[video_index]``: uint8 ``(T, H, W, 3)`` BGR (a
-        read-only-on-disk memory map when the frames come from a frame store)."""
+        """All frames of ``self.videos[video_index]``: uint8 ``(T, H, W, 3)`` BGR (a view of
+        a file mapped copy-on-write when the frames come from a frame store)."""
         if self._frames is None:
             return self.cache.load(self.videos[video_index])
         frames = self._frames[video_index]
-        if isinstance(frames, (str, os.PathLike)):
+        if frames is None:  # unpickled in another process: map the file again
             # Copy-on-write mapping: writable for torch.from_numpy, never written back.
-            frames = self._frames[video_index] = np.load(frames, mmap_mode="c")
+            mapped = np.load(self._files[video_index], mmap_mode="c")
+            frames = self._frames[video_index] = np.asarray(mapped)
         return frames
 
 
