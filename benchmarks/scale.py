@@ -6,7 +6,7 @@ path (``memory``: decoded up front as ``train.py --frames memory``; ``disk``: th
 ``--frames disk``) ``--batches`` training batches through a DataLoader like train.py's (the
 same batches, ``--num_workers`` workers), then loads one video as evaluation does, and
 optionally ``--train_steps`` real training steps of the full model. Meanwhile this process
-samples the child's memory every 0.1 s:
+samples the child's memory every ``--interval`` (0.1) s:
 
 - ``RssAnon`` of the main process (``/proc/<pid>/status``): its anonymous resident memory,
   without the page cache that memory-mapped files bring in (``VmRSS`` counts those);
@@ -237,11 +237,11 @@ class Sampler(threading.Thread):
         return max(s[1] for s in window) // 1024, max(s[2] for s in window) // 1024
 
 
-def measure(argv: list[str]) -> tuple[dict[str, dict], Sampler]:
+def measure(argv: list[str], interval: float) -> tuple[dict[str, dict], Sampler]:
     """Run this script as a child with ``argv``; its marks by name and the sampler."""
     command = [sys.executable, str(Path(__file__).resolve()), *argv]
     process = subprocess.Popen(command, stdout=subprocess.PIPE, text=True)
-    sampler = Sampler(process.pid)
+    sampler = Sampler(process.pid, interval)
     sampler.start()
     marks: dict[str, dict] = {}
     steps: list[dict] = []
@@ -282,6 +282,13 @@ def main() -> None:
     parser.add_argument("--train_steps", type=int, default=0, help="model steps after")
     parser.add_argument("--threads", type=int, default=2, help="torch threads of model steps")
     parser.add_argument("--mark_every", type=int, default=25, help="memory mark every N steps")
+    parser.add_argument(
+        "--interval",
+        type=float,
+        default=0.1,
+        help="seconds between memory samples (reading Pss_Anon walks the page tables of the "
+        "mapped files: on a large store, sample less often)",
+    )
     parser.add_argument(
         "--work_dir",
         default=None,
@@ -334,14 +341,18 @@ def main() -> None:
                 row = {"tree": label, "size": f"{height}x{width}", "path": path}
                 row["repeat"] = repeat
                 if path == "disk" and repeat == 0:
-                    marks, sampler = measure(["--child", "fill", "--tree", str(tree), *common])
+                    marks, sampler = measure(
+                        ["--child", "fill", "--tree", str(tree), *common], args.interval
+                    )
                     filled = marks["filled"]
                     row["first_pass_frames_per_s"] = round(
                         filled["frames"] / max(filled["seconds"], 1e-9), 1
                     )
                     row["first_pass_s"] = round(filled["seconds"], 1)
                     row["first_pass_peak_tree_pss_anon_mb"] = sampler.peak()[1]
-                marks, sampler = measure(["--child", path, "--tree", str(tree), *common])
+                marks, sampler = measure(
+                    ["--child", path, "--tree", str(tree), *common], args.interval
+                )
                 main_peak, tree_peak = sampler.peak()
                 row.update(
                     frames=marks["dataset"]["frames"],
@@ -389,11 +400,12 @@ def main() -> None:
         rates = sorted(row["windows_per_s"] for row in group)
         rate = f"{np.median(rates):.0f}" + (f" ({rates[0]:.0f}-{rates[-1]:.0f})" * (len(rates) > 1))
         cells = (
-            tree_label, path, group[0]["frames"], np.median([r["setup_s"] for r in group]),
+            tree_label, path, group[0]["frames"],
+            f"{np.median([r['setup_s'] for r in group]):.1f}",
             group[0].get("first_pass_frames_per_s", ""), rate,
             max(r["peak_main_rss_anon_mb"] for r in group),
             max(r["peak_tree_pss_anon_mb"] for r in group),
-            np.median([r["evaluation_video_s"] for r in group]),
+            f"{np.median([r['evaluation_video_s'] for r in group]):.3f}",
         )  # fmt: skip
         print("| " + " | ".join(str(cell) for cell in cells) + " |")
     if args.json:
