@@ -74,7 +74,8 @@ def score_test_videos(
 
     ``functions`` are the encoder and per-frame step to call (default: eager, see
     :func:`inference.video.compiled_scoring_functions`); ``on_video`` is called after each
-    video (e.g. to advance a progress bar).
+    video (e.g. to advance a progress bar). A dataset built with ``preload=False`` loads each
+    video when its turn comes, so only one video's frames are held at a time.
     """
     device = items.device
     results = []
