@@ -265,12 +265,8 @@ class FrameStore:
             frames = np.load(path, mmap_mode="r")
         except (OSError, ValueError):
             return False
-        return frames.dtype == np.uint8 and frames.shape == (
-            num_frames,
-            self.height,
-            self.width,
-            3,
-        )
+        expected = (num_frames, self.height, self.width, 3)
+        return frames.dtype == np.uint8 and frames.shape == expected
 
     def fill(self, videos: Sequence[Video]) -> list[Path]:
         """The first pass: write every video not stored yet, ``processes`` at a time, with a
@@ -315,7 +311,7 @@ class FrameStore:
         stored = len(videos) - len(missing)
         resumed = f", {stored} of {len(videos)} videos already stored" if stored else ""
         print(
-            f"frames: writing {frames} frames of {len(missing)} videos to {self.size_dir} "
+            f"frames: writing {frames:,} frames of {len(missing)} videos to {self.size_dir} "
             f"({gigabytes(needed)}{resumed})",
             file=sys.stderr,
         )
