@@ -235,7 +235,8 @@ def _init_decode_worker() -> None:
     # removes a half-written file.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, _exit_on_sigterm)
-    cv2.setNumThreads(1)  # one process per core already
+    # No cv2.setNumThreads here: in a forked child it waits forever on the parent's thread
+    # pool's condition variable (its waiters were threads that did not survive the fork).
 
 
 def _exit_on_sigterm(signum: int, frame: object) -> None:
