@@ -389,8 +389,8 @@ def choose_frames(
     in-memory source is a :class:`FrameCache` (which also keeps ``.npy`` files in
     ``cache_dir`` when given), the disk one a :class:`FrameStore` in ``cache_dir`` or
     :func:`default_store_dir`. ``budget`` defaults to :func:`memory_budget`; ``processes``
-    (decoding processes) to every usable CPU; ``copies`` (processes on this machine that each
-    hold the frames in memory) to torchrun's ``LOCAL_WORLD_SIZE``, else 1.
+    (decoding processes) to the usable CPUs shared among ``copies`` (processes on this machine
+    that each hold the frames in memory: torchrun's ``LOCAL_WORLD_SIZE``, else 1).
 
     Raises:
         InputError: for an unknown mode, or a default store folder inside ``dataset_dir``.
@@ -415,7 +415,8 @@ def choose_frames(
         fits = needed <= share
         limit = f"{gigabytes(share)}: half of {gigabytes(budget.available)} free, {budget.source}"
     comparison = f"{what} decoded {'<=' if fits else '>'} {limit}"
-    processes = processes or usable_cpus()
+    # Processes on one machine decoding at the same time share its CPUs.
+    processes = processes or max(1, usable_cpus() // copies)
     in_memory = "in memory, one video at a time" if one_video_at_a_time else "in memory"
 
     if mode == "memory" or (mode == "auto" and fits):
