@@ -384,8 +384,8 @@ def choose_frames(
 ) -> FramesChoice:
     """The frame source of a run for ``--frames`` ``mode`` (``auto``, ``memory``, ``disk``).
 
-    What must fit in memory is the whole split, or its longest video with
-    ``one_video_at_a_time`` (evaluation, which scores the videos one after the other). The
+    What must fit in memory is the whole split, or with ``one_video_at_a_time`` (evaluation,
+    which scores the videos one after the other) its longest video as uint8 and float32. The
     in-memory source is a :class:`FrameCache` (which also keeps ``.npy`` files in
     ``cache_dir`` when given), the disk one a :class:`FrameStore` in ``cache_dir`` or
     :func:`default_store_dir`. ``budget`` defaults to :func:`memory_budget`; ``processes``
@@ -399,8 +399,13 @@ def choose_frames(
         raise InputError(f"--frames {mode!r} is unknown; use {', '.join(FRAMES_CHOICES)}")
     frame_bytes = height * width * 3
     lengths = [len(video) for video in videos] or [0]
-    needed = (max(lengths) if one_video_at_a_time else sum(lengths)) * frame_bytes
-    what = f"largest video {gigabytes(needed)}" if one_video_at_a_time else gigabytes(needed)
+    if one_video_at_a_time:
+        # Evaluation converts the whole video to float32 for the model: 1 + 4 bytes a value.
+        needed = max(lengths) * frame_bytes * 5
+        what = f"largest video {gigabytes(needed)} as uint8 and float32"
+    else:
+        needed = sum(lengths) * frame_bytes
+        what = f"{gigabytes(needed)} decoded"
     if copies is None:
         local = os.environ.get("LOCAL_WORLD_SIZE", "1")
         copies = int(local) if local.isdigit() else 1
@@ -414,7 +419,7 @@ def choose_frames(
         share = int(budget.available * _MEMORY_SHARE)
         fits = needed <= share
         limit = f"{gigabytes(share)}: half of {gigabytes(budget.available)} free, {budget.source}"
-    comparison = f"{what} decoded {'<=' if fits else '>'} {limit}"
+    comparison = f"{what} {'<=' if fits else '>'} {limit}"
     # Processes on one machine decoding at the same time share its CPUs.
     processes = processes or max(1, usable_cpus() // copies)
     in_memory = "in memory, one video at a time" if one_video_at_a_time else "in memory"

@@ -27,7 +27,7 @@ from data.frame_store import (
     default_store_dir,
     memory_budget,
 )
-from data.frames import FrameCache, FrameWindowDataset, decode_frame, list_videos
+from data.frames import FrameCache, FrameWindowDataset, Video, decode_frame, list_videos
 from inference.benchmark import score_test_videos
 from model import LGNNet, init_memory_items
 from training.loop import epoch_batches
@@ -296,7 +296,7 @@ def test_auto_keeps_the_frames_in_memory_when_half_the_budget_holds_them(
     videos: list, tmp_path: Path
 ) -> None:
     split_bytes = sum(LENGTHS.values()) * H * W * 3  # 3,888
-    longest = max(LENGTHS.values()) * H * W * 3
+    longest = max(LENGTHS.values()) * H * W * 3 * 5  # as uint8 and float32
     roomy = MemoryBudget(2 * split_bytes, "MemAvailable")
     tight = MemoryBudget(2 * split_bytes - 2, "cgroup v2 limit 1 GB less 1 GB in use")
 
@@ -310,9 +310,15 @@ def test_auto_keeps_the_frames_in_memory_when_half_the_budget_holds_them(
     assert chosen.line.startswith("frames: disk-backed (") and "cgroup v2" in chosen.line
     assert chosen.line.endswith(f" in {tmp_path / 'cache' / f'{H}x{W}'}")
 
-    # Evaluation holds one video at a time: the longest must fit, not the split.
-    one = choose_frames("auto", videos, H, W, budget=tight, one_video_at_a_time=True)
-    assert not one.on_disk and "one video at a time" in one.line
+    # Evaluation holds one video at a time, as uint8 and float32: that must fit, not the split.
+    many = [Video(f"{i:02d}", tuple(Path(f"{t}.png") for t in range(10))) for i in range(20)]
+    frame = H * W * 3
+    budget = MemoryBudget(2 * 100 * frame, "MemAvailable")  # half: 100 frames' bytes
+    assert choose_frames("auto", many, H, W, budget=budget).on_disk  # 200 frames
+    one = choose_frames("auto", many, H, W, budget=budget, one_video_at_a_time=True)
+    assert not one.on_disk and "one video at a time" in one.line  # 10 frames x 5 bytes
+    enough = MemoryBudget(2 * longest, "MemAvailable")
+    assert not choose_frames("auto", videos, H, W, budget=enough, one_video_at_a_time=True).on_disk
     small = MemoryBudget(2 * longest - 2, "MemAvailable")
     assert choose_frames("auto", videos, H, W, budget=small, one_video_at_a_time=True).on_disk
 
