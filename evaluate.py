@@ -42,7 +42,8 @@ from common.errors import InputError
 from common.files import write_text
 from common.outputs import check_outputs
 from data.datasets import DATASET_TYPES, dataset_dir_for
-from data.frames import FrameCache, FrameWindowDataset, find_split_dir, list_videos
+from data.frame_store import add_frames_flag, choose_frames
+from data.frames import FrameWindowDataset, find_split_dir, list_videos
 from data.labels import load_frame_labels, locate_labels
 from inference.benchmark import (
     ScoringSettings,
@@ -69,6 +70,7 @@ def get_args_parser() -> argparse.ArgumentParser:
     data.add_argument("--dataset_path", default="./datasets", help="folder holding <dataset_type>/")
     data.add_argument("--label_path", default=None, help="label file or folder (default: found)")
     data.add_argument("--cache_dir", default=None, help="keep decoded, resized frames here")
+    add_frames_flag(data)
     add_frame_size_flags(data, None)
     data.add_argument("--c", type=int, default=None, help="channels per frame (default: found)")
     data.add_argument(
@@ -205,15 +207,28 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
     videos = list_videos(find_split_dir(dataset_dir, "testing"))
     labels_by_video = load_frame_labels(dataset_dir, videos, label_path)
     print(describe_run(args, loaded, label_path, device, dtype), file=sys.stderr)
-    cache = FrameCache(
-        loaded.height, loaded.width, Path(args.cache_dir) if args.cache_dir else None
-    )
-    dataset = FrameWindowDataset(videos, loaded.height, loaded.width, loaded.model.t_length, cache)
+    dataset = open_test_split(args, videos, dataset_dir, loaded)
     results = evaluate_split(loaded, dataset, labels_by_video, settings)
     report = build_report(args, loaded, results, settings, str(label_path), time.time() - began)
     write_outputs(args, report, results)
     print_summary(report, len(results))
     return report
+
+
+def open_test_split(
+    args: argparse.Namespace, videos: list, dataset_dir: Path, loaded: LoadedModel
+) -> FrameWindowDataset:
+    """The test windows at the model's size; videos are scored one after the other, so each
+    is loaded (from memory or from the disk store, per ``--frames``) when its turn comes."""
+    cache_dir = Path(args.cache_dir) if args.cache_dir else None
+    height, width = loaded.height, loaded.width
+    frames = choose_frames(
+        args.frames, videos, height, width, cache_dir, dataset_dir, one_video_at_a_time=True
+    )
+    print(frames.line, file=sys.stderr)
+    return FrameWindowDataset(
+        videos, height, width, loaded.model.t_length, frames.source, preload=False
+    )
 
 
 def scoring_settings(

@@ -40,7 +40,8 @@ from common.errors import InputError
 from common.outputs import check_outputs
 from data.datasets import DATASET_TYPES, dataset_dir_for
 from data.device_frames import DeviceWindows
-from data.frames import FrameCache, FrameWindowDataset, find_split_dir, list_videos
+from data.frame_store import add_frames_flag, choose_frames
+from data.frames import FrameWindowDataset, find_split_dir, list_videos
 from inference.config import FALSE_ALARM_RATE
 from model.config import ModelConfig, check_frame_size
 from training import distributed
@@ -81,6 +82,7 @@ def get_args_parser() -> argparse.ArgumentParser:
     data.add_argument("--dataset_type", default="ped2", choices=DATASET_TYPES, help="benchmark")
     data.add_argument("--dataset_path", default="./datasets", help="folder holding <dataset_type>/")
     data.add_argument("--cache_dir", default=None, help="keep decoded, resized frames here")
+    add_frames_flag(data)
     data.add_argument("--num_workers", type=int, default=2, help="DataLoader worker processes")
     add_frame_size_flags(data, DEFAULTS.h)
     data.add_argument(
@@ -213,8 +215,11 @@ def open_training_split(args: argparse.Namespace) -> FrameWindowDataset:
     """The windows of the training videos, checked to fill a batch on every process."""
     dataset_dir = dataset_dir_for(args.dataset_type, Path(args.dataset_path))
     videos = list_videos(find_split_dir(dataset_dir, "training"))
-    cache = FrameCache(args.h, args.w, Path(args.cache_dir) if args.cache_dir else None)
-    dataset = FrameWindowDataset(videos, args.h, args.w, args.t_length, cache)
+    cache_dir = Path(args.cache_dir) if args.cache_dir else None
+    frames = choose_frames(args.frames, videos, args.h, args.w, cache_dir, dataset_dir)
+    if distributed.is_main():
+        print(frames.line, file=sys.stderr)
+    dataset = FrameWindowDataset(videos, args.h, args.w, args.t_length, frames.source)
     world_size = distributed.world_size()
     if len(dataset) < args.batch_size * world_size:
         per_process = f" for each of {world_size} processes" if world_size > 1 else ""

@@ -19,8 +19,10 @@ from data.frames import FrameWindowDataset
 
 
 def frames_nbytes(dataset: FrameWindowDataset) -> int:
-    """Bytes the dataset's decoded frames take as uint8."""
-    return sum(dataset.video_frames(i).nbytes for i in range(len(dataset.videos)))
+    """Bytes the dataset's decoded frames take as uint8 (from the shapes: memory-mapped
+    frames are not read)."""
+    frame_bytes = dataset.height * dataset.width * 3
+    return sum(len(video) for video in dataset.videos) * frame_bytes
 
 
 class DeviceWindows:
@@ -40,7 +42,12 @@ class DeviceWindows:
         device: torch.device,
     ) -> None:
         offsets = np.cumsum([0] + [len(video) for video in videos[:-1]])
-        self.frames = torch.from_numpy(np.concatenate(videos)).to(device)  # (N, H, W, 3)
+        total = sum(len(video) for video in videos)
+        self.frames = torch.empty((total, *videos[0].shape[1:]), dtype=torch.uint8, device=device)
+        # Video by video, not through one concatenated host copy: frames held in memory are
+        # not doubled, and memory-mapped ones go from the page cache straight to the device.
+        for offset, video in zip(offsets, videos, strict=True):
+            self.frames[offset : offset + len(video)].copy_(torch.from_numpy(video))
         first_frames = [int(offsets[video]) + start for video, start in windows]
         self.first_frame = torch.tensor(first_frames, device=device)
         self.steps = torch.arange(t_length, device=device)

@@ -8,7 +8,8 @@ position, never by the number in their name, so trees that start at ``001`` work
 must still carry a frame number each, once, in name order (``check_frame_order``).
 
 Every frame is decoded once per run (``FrameCache``), optionally once per machine
-(``cache_dir``), instead of once per window as in the reference loader.
+(``cache_dir``), instead of once per window as in the reference loader. Splits too large for
+memory are served from decoded frames on disk instead (``data.frame_store.FrameStore``).
 """
 
 from __future__ import annotations
@@ -16,15 +17,17 @@ from __future__ import annotations
 import atexit
 import contextlib
 import hashlib
+import multiprocessing
 import os
 import re
+import signal
 import sys
 import tempfile
 import warnings
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO
+from typing import IO, Protocol
 
 import cv2
 import numpy as np
@@ -217,6 +220,59 @@ def decode_frame(path: Path, height: int, width: int) -> np.ndarray:
     return cv2.resize(read_image(path), (width, height), interpolation=cv2.INTER_LINEAR)
 
 
+def usable_cpus() -> int:
+    """The CPUs this process may run on (its affinity mask, which containers' cpusets set)."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except (AttributeError, OSError):
+        return max(1, os.cpu_count() or 1)
+
+
+def _init_decode_worker() -> None:
+    global _capture_file
+    # A forked worker must not share the parent's capture file: its offset is shared too.
+    _capture_file = None
+    # Ctrl-C is the parent's to handle; SIGTERM (Pool.terminate) unwinds, so atomic_write
+    # removes a half-written file.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, _exit_on_sigterm)
+    # No cv2.setNumThreads here: in a forked child it waits forever on the parent's thread
+    # pool's condition variable (its waiters were threads that did not survive the fork).
+
+
+def _exit_on_sigterm(signum: int, frame: object) -> None:
+    raise SystemExit(143)
+
+
+def _call_indexed(job: tuple[Callable, int, tuple]) -> tuple[int, object]:
+    function, index, arguments = job
+    return index, function(*arguments)
+
+
+def map_in_processes(
+    function: Callable, jobs: Sequence[tuple], processes: int
+) -> Iterator[tuple[int, object]]:
+    """``(index, function(*jobs[index]))`` for every job, in the order they finish, computed
+    by ``processes`` worker processes (forked where the platform can, as DataLoader workers
+    are). The first exception of a job is raised here; leaving the loop early (Ctrl-C, an
+    error) terminates the workers."""
+    methods = multiprocessing.get_all_start_methods()
+    context = multiprocessing.get_context("fork" if "fork" in methods else None)
+    tasks = [(function, index, tuple(arguments)) for index, arguments in enumerate(jobs)]
+    with context.Pool(processes, initializer=_init_decode_worker) as pool:
+        yield from pool.imap_unordered(_call_indexed, tasks)
+        pool.close()
+        pool.join()
+
+
+def decode_video(frame_paths: Sequence[Path], height: int, width: int) -> np.ndarray:
+    """Every frame of a video, decoded and resized: uint8 ``(T, H, W, 3)`` BGR."""
+    frames = np.empty((len(frame_paths), height, width, 3), dtype=np.uint8)
+    for index, path in enumerate(frame_paths):
+        frames[index] = decode_frame(path, height, width)
+    return frames
+
+
 def _video_fingerprint(video: Video) -> str:
     """Hash of the frame paths with their sizes and mtimes: changes when any frame changes."""
     digest = hashlib.sha256(f"v{_CACHE_VERSION}".encode())
@@ -226,26 +282,40 @@ def _video_fingerprint(video: Video) -> str:
     return digest.hexdigest()[:20]
 
 
+def cache_file(cache_dir: Path, height: int, width: int, video: Video) -> Path:
+    """Where a video's decoded ``height x width`` frames are kept on disk:
+    ``<cache_dir>/<H>x<W>/<video>-<fingerprint>.npy``, the fingerprint covering the frame
+    paths, sizes and modification times (an edited frame tree gets a new file)."""
+    safe_name = re.sub(r"[^\w.-]", "_", video.name)
+    size_dir = Path(cache_dir) / f"{int(height)}x{int(width)}"
+    return size_dir / f"{safe_name}-{_video_fingerprint(video)}.npy"
+
+
+# Below this many frames to decode, starting worker processes costs more than it saves.
+_POOL_MIN_FRAMES = 2000
+
+
 class FrameCache:
-    """Decoded, resized frames per video, each file decoded at most once per run.
+    """Decoded, resized frames per video, held in memory, each file decoded at most once per
+    run.
 
     With ``cache_dir`` the frames of each video are also kept as ``.npy`` under
-    ``<cache_dir>/<H>x<W>/<video>-<fingerprint>.npy``; the fingerprint covers the frame paths,
-    sizes and modification times, so an edited frame tree is decoded afresh.
+    ``<cache_dir>/<H>x<W>/<video>-<fingerprint>.npy`` (:func:`cache_file`), so an edited frame
+    tree is decoded afresh. ``processes`` > 1 lets :meth:`get_all` decode several videos at
+    once in worker processes.
     """
 
-    def __init__(self, height: int, width: int, cache_dir: Path | None = None):
+    def __init__(self, height: int, width: int, cache_dir: Path | None = None, processes: int = 1):
         self.height = int(height)
         self.width = int(width)
         self.cache_dir = None if cache_dir is None else Path(cache_dir)
+        self.processes = max(1, int(processes))
         self._memory: dict[tuple[str, tuple[Path, ...]], np.ndarray] = {}
 
     def _disk_path(self, video: Video) -> Path | None:
         if self.cache_dir is None:
             return None
-        safe_name = re.sub(r"[^\w.-]", "_", video.name)
-        size_dir = self.cache_dir / f"{self.height}x{self.width}"
-        return size_dir / f"{safe_name}-{_video_fingerprint(video)}.npy"
+        return cache_file(self.cache_dir, self.height, self.width, video)
 
     def _load_from_disk(self, path: Path | None, num_frames: int) -> np.ndarray | None:
         if path is None or not path.is_file():
@@ -262,10 +332,11 @@ class FrameCache:
         """Whether ``get(video)`` is served from memory without touching the image files."""
         return (video.name, video.frame_paths) in self._memory
 
-    def get(self, video: Video, progress: tqdm | None = None) -> np.ndarray:
+    def get(self, video: Video, progress: tqdm | None = None, keep: bool = True) -> np.ndarray:
         """All frames of ``video``: uint8 ``(T, H, W, 3)`` BGR.
 
-        ``progress`` (optional) is advanced by one per frame actually decoded.
+        ``progress`` (optional) is advanced by one per frame actually decoded. With ``keep``
+        False the frames are not held for later calls (one video at a time).
         """
         key = (video.name, video.frame_paths)
         frames = self._memory.get(key)
@@ -274,15 +345,71 @@ class FrameCache:
         disk_path = self._disk_path(video)
         frames = self._load_from_disk(disk_path, len(video))
         if frames is None:
-            frames = np.empty((len(video), self.height, self.width, 3), dtype=np.uint8)
-            for index, path in enumerate(video.frame_paths):
-                frames[index] = decode_frame(path, self.height, self.width)
-                if progress is not None:
-                    progress.update(1)
-            if disk_path is not None:
-                self._save_to_disk(disk_path, frames)
-        self._memory[key] = frames
+            frames = self._decode(video, disk_path, progress)
+        if keep:
+            self._memory[key] = frames
         return frames
+
+    def _decode(self, video: Video, disk_path: Path | None, progress: tqdm | None) -> np.ndarray:
+        frames = np.empty((len(video), self.height, self.width, 3), dtype=np.uint8)
+        for index, path in enumerate(video.frame_paths):
+            frames[index] = decode_frame(path, self.height, self.width)
+            if progress is not None:
+                progress.update(1)
+        if disk_path is not None:
+            self._save_to_disk(disk_path, frames)
+        return frames
+
+    def load(self, video: Video) -> np.ndarray:
+        """``video``'s frames without holding them afterwards (see :meth:`get`)."""
+        return self.get(video, keep=False)
+
+    def prepare(self, videos: Sequence[Video]) -> None:
+        """Nothing to do ahead of :meth:`load`: frames are decoded when asked for."""
+
+    def get_all(self, videos: Sequence[Video], progress: tqdm | None = None) -> list[np.ndarray]:
+        """:meth:`get` of every video, in order; with ``processes`` > 1 the videos still to
+        decode (2,000 frames or more in all) are decoded by that many worker processes.
+        Without ``progress`` a bar is shown on a terminal when 500 frames or more are to be
+        decoded."""
+        if progress is None:
+            to_decode = sum(len(video) for video in videos if not self.is_decoded(video))
+            # A bar only where decoding takes a while, and only on a terminal (disable=None).
+            with tqdm(
+                total=to_decode,
+                desc="loading frames",
+                unit="frame",
+                leave=False,
+                mininterval=1.0,
+                disable=to_decode < 500 or None,
+            ) as bar:
+                return self.get_all(videos, bar)
+        frames: list[np.ndarray | None] = []
+        for video in videos:
+            frames.append(self._memory.get((video.name, video.frame_paths)))
+        disk_paths: dict[int, Path | None] = {}
+        for index, video in enumerate(videos):
+            if frames[index] is None:
+                disk_paths[index] = self._disk_path(video)
+                frames[index] = self._load_from_disk(disk_paths[index], len(video))
+        missing = [index for index, array in enumerate(frames) if array is None]
+        decode_frames = sum(len(videos[index]) for index in missing)
+        if self.processes > 1 and len(missing) > 1 and decode_frames >= _POOL_MIN_FRAMES:
+            # Longest first, so that no long video starts last and leaves the others idle.
+            missing.sort(key=lambda index: -len(videos[index]))
+            jobs = [(videos[i].frame_paths, self.height, self.width) for i in missing]
+            for job, array in map_in_processes(decode_video, jobs, self.processes):
+                index = missing[job]
+                frames[index] = array
+                if disk_paths[index] is not None:
+                    self._save_to_disk(disk_paths[index], array)
+                if progress is not None:
+                    progress.update(len(videos[index]))
+        for index, video in enumerate(videos):
+            if frames[index] is None:
+                frames[index] = self._decode(video, disk_paths[index], progress)
+            self._memory[(video.name, video.frame_paths)] = frames[index]
+        return frames  # type: ignore[return-value]
 
     @staticmethod
     def _save_to_disk(path: Path, frames: np.ndarray) -> None:
@@ -311,13 +438,43 @@ def frames_to_tensor(frames: np.ndarray | torch.Tensor) -> torch.Tensor:
     return scaled.div_(127.5).sub_(1.0)
 
 
+class FrameSource(Protocol):
+    """Where a :class:`FrameWindowDataset` gets decoded frames: :class:`FrameCache` (in
+    memory) or ``data.frame_store.FrameStore`` (memory-mapped files on disk)."""
+
+    height: int
+    width: int
+
+    def get_all(self, videos: Sequence[Video]) -> list[np.ndarray]:
+        """Every video's frames, uint8 ``(T, H, W, 3)``, in order, for the dataset to keep."""
+        ...
+
+    def prepare(self, videos: Sequence[Video]) -> None:
+        """Whatever makes :meth:`load` of these videos cheap later."""
+        ...
+
+    def load(self, video: Video) -> np.ndarray:
+        """One video's frames, not held by the source afterwards."""
+        ...
+
+
+def _mapped_file(frames: np.ndarray) -> str | os.PathLike | None:
+    """The file ``frames`` are memory-mapped from, or None for frames held in memory."""
+    return frames.filename if isinstance(frames, np.memmap) else None
+
+
 class FrameWindowDataset(torch.utils.data.Dataset):
     """Every run of ``t_length`` consecutive frames (stride 1) of every video.
 
     Item ``i`` is float32 ``(t_length * 3, H, W)`` in [-1, 1]: frames stacked on channels in
     time order, so the first ``(t_length - 1) * 3`` channels are the input and the last 3 the
-    frame to predict. All frames are decoded up front into memory, which DataLoader worker
-    processes then share instead of decoding again.
+    frame to predict.
+
+    ``cache`` says where the decoded frames live: a :class:`FrameCache` decodes them all up
+    front into memory, which DataLoader worker processes then share instead of decoding
+    again; a ``data.frame_store.FrameStore`` writes them to disk once and maps the files, so
+    the process holds none of them. With ``preload`` False nothing is held:
+    :meth:`video_frames` loads one video per call, for sequential use (evaluation).
     """
 
     def __init__(
@@ -326,7 +483,8 @@ class FrameWindowDataset(torch.utils.data.Dataset):
         height: int,
         width: int,
         t_length: int = 5,
-        cache: FrameCache | None = None,
+        cache: FrameSource | None = None,
+        preload: bool = True,
     ):
         if t_length < 1:
             raise ValueError(f"t_length must be at least 1, got {t_length}")
@@ -351,37 +509,64 @@ class FrameWindowDataset(torch.utils.data.Dataset):
                 self.skipped.append(video.name)
             else:
                 self.videos.append(video)
-        self._frames = self._decode_all()
+        self.preload = bool(preload)
+        self._frames: list[np.ndarray | None] | None = None
+        # The file behind each memory-mapped video (None: frames held in memory).
+        self._files: list[str | os.PathLike | None] = []
+        if self.preload:
+            loaded = self.cache.get_all(self.videos)
+            self._files = [_mapped_file(frames) for frames in loaded]
+            # Plain views of the maps: slicing an np.memmap subclass costs about a microsecond
+            # more per window.
+            self._frames = [np.asarray(frames) for frames in loaded]
+        else:
+            self.cache.prepare(self.videos)
         self.windows: list[tuple[int, int]] = [
             (video_index, start)
             for video_index, video in enumerate(self.videos)
             for start in range(len(video) - self.t_length + 1)
         ]
+        # Items are found from these offsets rather than from the list of tuples above: a
+        # forked DataLoader worker reading Python objects writes their reference counts and
+        # so copies their pages, which for a large split would add up in every worker.
+        counts = [len(video) - self.t_length + 1 for video in self.videos]
+        self._first_window = np.cumsum([0] + counts[:-1], dtype=np.int64)
 
-    def _decode_all(self) -> list[np.ndarray]:
-        frames_to_decode = sum(len(v) for v in self.videos if not self.cache.is_decoded(v))
-        # A bar only where decoding takes a while, and only on a terminal (disable=None).
-        with tqdm(
-            total=frames_to_decode,
-            desc="loading frames",
-            unit="frame",
-            leave=False,
-            mininterval=1.0,
-            disable=frames_to_decode < 500 or None,
-        ) as progress:
-            return [self.cache.get(video, progress) for video in self.videos]
+    def __getstate__(self) -> dict:
+        # Memory-mapped frames travel as their file names (numpy would pickle a memmap as a
+        # full in-memory copy); the receiving process maps the files again when it reads.
+        state = self.__dict__.copy()
+        if self._frames is not None:
+            state["_frames"] = [
+                None if file is not None else frames
+                for frames, file in zip(self._frames, self._files, strict=True)
+            ]
+        return state
 
     def __len__(self) -> int:
         return len(self.windows)
 
     def __getitem__(self, index: int) -> torch.Tensor:
-        video_index, start = self.windows[index]
-        window = self._frames[video_index][start : start + self.t_length]
+        if index < 0:
+            index += len(self)
+        if not 0 <= index < len(self):
+            raise IndexError(f"window {index} of {len(self)}")
+        video_index = int(np.searchsorted(self._first_window, index, side="right")) - 1
+        start = index - int(self._first_window[video_index])
+        window = self.video_frames(video_index)[start : start + self.t_length]
         return frames_to_tensor(window).reshape(-1, self.height, self.width)
 
     def video_frames(self, video_index: int) -> np.ndarray:
-        """All frames of ``self.videos[video_index]``: uint8 ``(T, H, W, 3)`` BGR."""
-        return self._frames[video_index]
+        """All frames of ``self.videos[video_index]``: uint8 ``(T, H, W, 3)`` BGR (a view of
+        a file mapped copy-on-write when the frames come from a frame store)."""
+        if self._frames is None:
+            return self.cache.load(self.videos[video_index])
+        frames = self._frames[video_index]
+        if frames is None:  # unpickled in another process: map the file again
+            # Copy-on-write mapping: writable for torch.from_numpy, never written back.
+            mapped = np.load(self._files[video_index], mmap_mode="c")
+            frames = self._frames[video_index] = np.asarray(mapped)
+        return frames
 
 
 def open_split(

@@ -73,7 +73,9 @@ def score_test_videos(
     """Score every video of ``dataset`` in order, the memory items carried from one video to
     the next as the reference does. Returns the per-video results and the final items.
 
-    ``on_video`` is called after each video (e.g. to advance a progress bar).
+    ``on_video`` is called after each video (e.g. to advance a progress bar). A dataset
+    built with ``preload=False`` loads each video when its turn comes, so only one video's
+    frames are held at a time.
     """
     settings = settings or ScoringSettings()
     device = items.device
@@ -84,6 +86,7 @@ def score_test_videos(
             model, frames, items, settings.gamma, settings.memory_update, settings.batch_size,
             settings.dtype, settings.metric, settings.functions,
         )  # fmt: skip
+        del frames  # before the next video is loaded: one video's frames at a time
         items = scores.items
         result = VideoResult(
             video.name,
