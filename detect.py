@@ -32,21 +32,7 @@ import sys
 from pathlib import Path
 from typing import Any, NoReturn
 
-from common.cli import (
-    add_frame_size_flags,
-    add_memory_update_flags,
-    add_report_flag,
-    add_run_flags,
-    add_scores_flag,
-    add_weights_flags,
-    argument_parser,
-    at_least,
-    exit_status,
-    finite_number,
-    fraction,
-    run_cli,
-    typed_flag,
-)
+from common import cli
 from common.devices import precision_name, resolve_device, resolve_precision
 from common.errors import InputError
 from common.outputs import check_outputs
@@ -67,7 +53,7 @@ from model.pretrained import load_weights, local_path
 
 
 def get_args_parser() -> argparse.ArgumentParser:
-    parser = argument_parser(
+    parser = cli.argument_parser(
         "detect.py", "Anomaly decisions per frame on videos, frame folders, streams and cameras."
     )
     source = parser.add_argument_group("input")
@@ -89,8 +75,8 @@ def get_args_parser() -> argparse.ArgumentParser:
     )
 
     weights = parser.add_argument_group("weights")
-    add_weights_flags(weights)
-    add_frame_size_flags(weights, None)
+    cli.add_weights_flags(weights)
+    cli.add_frame_size_flags(weights, None)
 
     calibration = parser.add_argument_group("calibration")
     calibration.add_argument(
@@ -126,19 +112,19 @@ def get_args_parser() -> argparse.ArgumentParser:
         default=None,
         help=f"test-time memory update threshold (default: as calibrated, else {GAMMA})",
     )
-    add_memory_update_flags(scoring, "as calibrated, else on")
+    cli.add_memory_update_flags(scoring, "as calibrated, else on")
 
     outputs = parser.add_argument_group("outputs")
-    add_scores_flag(outputs)
+    cli.add_scores_flag(outputs)
     outputs.add_argument("--events", default=None, help="anomalous events (JSON)")
     outputs.add_argument("--video_out", default=None, help="annotated video (MP4)")
-    add_report_flag(outputs)
+    cli.add_report_flag(outputs)
     outputs.add_argument(
         "--plot_frames", type=int, default=150, help="frames shown in the running score plot"
     )
 
     run = parser.add_argument_group("run")
-    add_run_flags(run)
+    cli.add_run_flags(run)
     return parser
 
 
@@ -154,8 +140,8 @@ def validate_args(args: argparse.Namespace) -> None:
             "--calibrate with --output_checkpoint first, then detect with that checkpoint"
         )
     threshold_for_rate({"normality_quantiles": [0.0, 1.0]}, args.false_alarm_rate)
-    at_least("--max_frames", args.max_frames, 1)
-    at_least("--plot_frames", args.plot_frames, 2)
+    cli.at_least("--max_frames", args.max_frames, 1)
+    cli.at_least("--plot_frames", args.plot_frames, 2)
     check_frame_size(args.h, args.w)
     if args.video_out and Path(args.video_out).suffix.lower() != ".mp4":
         raise InputError(f"--video_out {args.video_out} must end in .mp4")
@@ -165,9 +151,9 @@ def validate_args(args: argparse.Namespace) -> None:
             "detecting; to change it, calibrate again with --calibrate --lambda"
         )
     if args.lambda_ is not None:
-        fraction("--lambda", args.lambda_)
+        cli.fraction("--lambda", args.lambda_)
     if args.gamma is not None:
-        finite_number("--gamma", args.gamma)
+        cli.finite_number("--gamma", args.gamma)
     if args.output_checkpoint and not args.calibrate:
         raise InputError("--output_checkpoint is where --calibrate writes; add --calibrate")
 
@@ -206,7 +192,7 @@ def check_run_outputs(args: argparse.Namespace) -> None:
         "--label_path": args.label_path,
     }
     outputs = {
-        typed_flag(args, "scores"): args.scores,
+        cli.typed_flag(args, "scores"): args.scores,
         "--events": args.events,
         "--report": args.report,
         "--video_out": args.video_out,
@@ -322,7 +308,7 @@ def run_detection(
     if result.stop is not None:
         exit_interrupted(
             f"the outputs cover the {result.frames} frames scored before the stop",
-            exit_status(result.stop),
+            cli.exit_status(result.stop),
         )
     return summary
 
@@ -368,4 +354,4 @@ def print_summary(result: DetectionResult, metrics: dict[str, Any] | None) -> No
 
 
 if __name__ == "__main__":
-    run_cli(main, get_args_parser().parse_args())
+    cli.run_cli(main, get_args_parser().parse_args())

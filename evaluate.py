@@ -22,21 +22,7 @@ from typing import Any
 import torch
 from tqdm import tqdm
 
-from common.cli import (
-    add_fast_path_flag,
-    add_frame_size_flags,
-    add_memory_update_flags,
-    add_report_flag,
-    add_run_flags,
-    add_scores_flag,
-    add_weights_flags,
-    argument_parser,
-    at_least,
-    finite_number,
-    fraction,
-    run_cli,
-    typed_flag,
-)
+from common import cli
 from common.devices import precision_name, resolve_device, resolve_precision
 from common.errors import InputError
 from common.files import write_text
@@ -62,7 +48,7 @@ from model.pretrained import load_weights, local_path
 
 
 def get_args_parser() -> argparse.ArgumentParser:
-    parser = argument_parser(
+    parser = cli.argument_parser(
         "evaluate.py", "Frame-level AUC of a trained LGN-Net on a benchmark's test videos."
     )
     data = parser.add_argument_group("data")
@@ -71,7 +57,7 @@ def get_args_parser() -> argparse.ArgumentParser:
     data.add_argument("--label_path", default=None, help="label file or folder (default: found)")
     data.add_argument("--cache_dir", default=None, help="keep decoded, resized frames here")
     add_frames_flag(data)
-    add_frame_size_flags(data, None)
+    cli.add_frame_size_flags(data, None)
     data.add_argument("--c", type=int, default=None, help="channels per frame (default: found)")
     data.add_argument(
         "--t_length", type=int, default=None, help="frames per window (default: found)"
@@ -80,7 +66,7 @@ def get_args_parser() -> argparse.ArgumentParser:
     weights = parser.add_argument_group(
         "weights (give --checkpoint, or --model_dir with --m_items_dir)"
     )
-    add_weights_flags(weights)
+    cli.add_weights_flags(weights)
     weights.add_argument("--msize", type=int, default=None, help="memory items (default: found)")
 
     scoring = parser.add_argument_group("scoring")
@@ -97,7 +83,7 @@ def get_args_parser() -> argparse.ArgumentParser:
         default=GAMMA,
         help="a frame updates the memory when its point score is below gamma",
     )
-    add_memory_update_flags(scoring, "on")
+    cli.add_memory_update_flags(scoring, "on")
     scoring.add_argument(
         "--smooth", type=float, default=0.0, help="Gaussian temporal smoothing sigma, frames"
     )
@@ -109,7 +95,7 @@ def get_args_parser() -> argparse.ArgumentParser:
     )
 
     run = parser.add_argument_group("run")
-    add_run_flags(run)
+    cli.add_run_flags(run)
     run.add_argument(
         "--eval_batch_size",
         type=int,
@@ -118,9 +104,9 @@ def get_args_parser() -> argparse.ArgumentParser:
         f"path, else {EVAL_BATCH_SIZE}); the scores equal the one-window-at-a-time protocol up "
         "to floating-point rounding (about 1e-6 relative in fp32; the AUC does not move)",
     )
-    add_fast_path_flag(run)
-    add_report_flag(run)
-    add_scores_flag(run)
+    cli.add_fast_path_flag(run)
+    cli.add_report_flag(run)
+    cli.add_scores_flag(run)
     run.add_argument("--plot_dir", default=None, help="save score curves and the ROC curve here")
     return parser
 
@@ -129,13 +115,13 @@ def validate_args(args: argparse.Namespace) -> None:
     """Reject flag values that cannot be used, naming the flag."""
     if not args.checkpoint and not (args.model_dir and args.m_items_dir):
         raise InputError("give --checkpoint, or both --model_dir and --m_items_dir")
-    fraction("--lambda", args.lambda_)
-    finite_number("--gamma", args.gamma)
-    finite_number("--smooth", args.smooth, minimum=0.0)
-    at_least("--eval_batch_size", args.eval_batch_size, 1)
+    cli.fraction("--lambda", args.lambda_)
+    cli.finite_number("--gamma", args.gamma)
+    cli.finite_number("--smooth", args.smooth, minimum=0.0)
+    cli.at_least("--eval_batch_size", args.eval_batch_size, 1)
     check_frame_size(args.h, args.w)
     for flag in ("c", "t_length", "msize"):
-        at_least(f"--{flag}", getattr(args, flag), 1)
+        cli.at_least(f"--{flag}", getattr(args, flag), 1)
     if args.c is not None:  # frames are read with 3 channels, whatever the weights say
         ModelConfig(channels=args.c).check({"channels": "--c"})
 
@@ -151,7 +137,7 @@ def check_run_outputs(args: argparse.Namespace) -> None:
         "--dataset_path": Path(args.dataset_path) / args.dataset_type,
     }
     check_outputs(
-        {"--report": args.report, typed_flag(args, "scores"): args.scores},
+        {"--report": args.report, cli.typed_flag(args, "scores"): args.scores},
         {"--plot_dir": args.plot_dir, "--cache_dir": args.cache_dir},
         inputs,
     )
@@ -333,4 +319,4 @@ def print_summary(report: dict[str, Any], videos: int) -> None:
 
 
 if __name__ == "__main__":
-    run_cli(main, get_args_parser().parse_args())
+    cli.run_cli(main, get_args_parser().parse_args())

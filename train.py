@@ -26,15 +26,7 @@ from typing import NoReturn
 import torch
 from torch.utils.data import DataLoader
 
-from common.cli import (
-    add_fast_path_flag,
-    add_frame_size_flags,
-    add_run_flags,
-    argument_parser,
-    at_least,
-    finite_number,
-    run_cli,
-)
+from common import cli
 from common.devices import resolve_device
 from common.errors import InputError
 from common.outputs import check_outputs
@@ -70,7 +62,9 @@ MODEL_FLAGS = {
 
 
 def get_args_parser() -> argparse.ArgumentParser:
-    parser = argument_parser("train.py", "Train LGN-Net on a benchmark's normal training videos.")
+    parser = cli.argument_parser(
+        "train.py", "Train LGN-Net on a benchmark's normal training videos."
+    )
     parser.add_argument(
         "--config",
         default=None,
@@ -84,7 +78,7 @@ def get_args_parser() -> argparse.ArgumentParser:
     data.add_argument("--cache_dir", default=None, help="keep decoded, resized frames here")
     add_frames_flag(data)
     data.add_argument("--num_workers", type=int, default=2, help="DataLoader worker processes")
-    add_frame_size_flags(data, DEFAULTS.h)
+    cli.add_frame_size_flags(data, DEFAULTS.h)
     data.add_argument(
         "--c", type=int, default=ModelConfig.channels, help="channels per frame (BGR: 3)"
     )
@@ -135,8 +129,8 @@ def get_args_parser() -> argparse.ArgumentParser:
     run.add_argument(
         "--overwrite", action="store_true", help="replace an earlier run in the same folder"
     )
-    add_run_flags(run)
-    add_fast_path_flag(run)
+    cli.add_run_flags(run)
+    cli.add_fast_path_flag(run)
     run.add_argument(
         "--compile", action="store_true", help="torch.compile the training step on any device"
     )
@@ -177,12 +171,12 @@ def validate_args(args: argparse.Namespace) -> None:
     check_frame_size(args.h, args.w)
     ModelConfig(args.c, args.t_length, args.msize, args.fdim, args.mdim).check(MODEL_FLAGS)
     for flag in ("batch_size", "epochs"):
-        at_least(f"--{flag}", getattr(args, flag), 1)
+        cli.at_least(f"--{flag}", getattr(args, flag), 1)
     for flag in ("sync_check_every", "num_workers"):
-        at_least(f"--{flag}", getattr(args, flag), 0)
-    finite_number("--lr", args.lr, minimum=0.0, above=True)
-    finite_number("--loss_compact", args.loss_compact, minimum=0.0)
-    finite_number("--loss_separate", args.loss_separate, minimum=0.0)
+        cli.at_least(f"--{flag}", getattr(args, flag), 0)
+    cli.finite_number("--lr", args.lr, minimum=0.0, above=True)
+    cli.finite_number("--loss_compact", args.loss_compact, minimum=0.0)
+    cli.finite_number("--loss_separate", args.loss_separate, minimum=0.0)
     if args.resume is not None and args.overwrite:
         raise InputError("--resume continues a run and --overwrite replaces it; give one")
 
@@ -353,4 +347,4 @@ def train_epoch(
 
 
 if __name__ == "__main__":
-    run_cli(main, parse_args())
+    cli.run_cli(main, parse_args())
