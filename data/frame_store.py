@@ -385,6 +385,8 @@ def choose_frames(
     copies: int | None = None,
 ) -> FramesChoice:
     """The frame source of a run for ``--frames`` ``mode`` (``auto``, ``memory``, ``disk``).
+    (Ten parameters: the run's mode, videos and frame size, where a store may go, and, keyword
+    only, what tests and torchrun set: the evaluation case, the budget, the processes.)
 
     What must fit in memory is the whole split, or with ``one_video_at_a_time`` (evaluation,
     which scores the videos one after the other) its longest video as uint8 and float32. The
