@@ -368,3 +368,35 @@ def test_missing_and_unreadable_files_are_named(tmp_path: Path) -> None:
     (tmp_path / "empty.pt").write_bytes(b"")
     with pytest.raises(InputError, match=r"empty\.pt"):
         load_memory_items(tmp_path / "empty.pt", 4, 16)
+
+
+def test_checkpoints_written_before_model_args_still_load_and_resume(
+    checkpoint: Path, tiny_dataset: Path, tmp_path: Path
+) -> None:
+    import random
+
+    import numpy as np
+    from conftest import train_tiny
+
+    from model import checkpoint as checkpoint_format
+
+    saved = checkpoint_format.read(checkpoint)
+    # What train.py wrote before format version 2: no format entries, no model_args, the
+    # RNG states with NumPy's generator state as an array.
+    old_rng = {"python": random.getstate(), "numpy": np.random.get_state()}
+    old_rng["torch"] = torch.get_rng_state()
+    keys = ("model", "items", "optimizer", "scheduler", "epoch", "step", "args", "world_size")
+    version_1 = {key: saved[key] for key in keys} | {"rng": old_rng, "rng_by_rank": [old_rng]}
+    torch.save(version_1, tmp_path / "old.pth")
+
+    upgraded = checkpoint_format.read(tmp_path / "old.pth")
+    assert upgraded["model_args"] == saved["model_args"]
+    assert upgraded["frame_size"] == saved["frame_size"] and upgraded["kind"] == "training"
+    run = train_tiny(
+        tiny_dataset, tmp_path / "exp", "--epochs", "2", "--resume", str(tmp_path / "old.pth")
+    )
+    assert checkpoint_format.read(run / "checkpoint.pth")["epoch"] == 2
+
+    torch.save({**saved, "format_version": 99}, tmp_path / "future.pth")
+    with pytest.raises(InputError, match="format 99, newer than this version reads"):
+        checkpoint_format.read(tmp_path / "future.pth")
