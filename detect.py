@@ -203,7 +203,7 @@ def check_run_outputs(args: argparse.Namespace) -> None:
 
 def run_calibration(args: argparse.Namespace, scorer: StreamingScorer, loaded: LoadedModel) -> dict:
     """Calibrate on normal footage and write the calibrated checkpoint."""
-    output = Path(args.output_checkpoint) if args.output_checkpoint else loaded.path
+    output = Path(calibration_target(args)[1])
     if args.dataset:
         sources, source_name = dataset_sources(Path(args.dataset), "training"), args.dataset
     else:

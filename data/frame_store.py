@@ -32,7 +32,14 @@ import data.frames as frame_tree
 from common.errors import InputError
 from common.files import atomic_write, exclusive_lock
 from common.outputs import check_creatable_folder
-from data.frames import FrameCache, Video, cache_file, map_in_processes, usable_cpus
+from data.frames import (
+    FrameCache,
+    Video,
+    cache_file,
+    map_in_processes,
+    open_video_file,
+    usable_cpus,
+)
 
 FRAMES_CHOICES = ("auto", "memory", "disk")
 FRAMES_HELP = (
@@ -227,12 +234,6 @@ def write_video_file(path: Path, frame_paths: Sequence[Path], height: int, width
 
     atomic_write(path, write)
     return len(frame_paths)
-
-
-def open_video_file(path: Path) -> np.memmap:
-    """A stored video's frames, memory-mapped copy-on-write: uint8 ``(T, H, W, 3)`` that
-    numpy and torch can wrap as writable, although nothing is ever written back."""
-    return np.load(path, mmap_mode="c")
 
 
 class FrameStore:

@@ -291,6 +291,10 @@ def cache_file(cache_dir: Path, height: int, width: int, video: Video) -> Path:
     return size_dir / f"{safe_name}-{_video_fingerprint(video)}.npy"
 
 
+def _memory_key(video: Video) -> tuple[str, tuple[Path, ...]]:
+    return (video.name, video.frame_paths)
+
+
 # Below this many frames to decode, starting worker processes costs more than it saves.
 _POOL_MIN_FRAMES = 2000
 
@@ -330,7 +334,7 @@ class FrameCache:
 
     def is_decoded(self, video: Video) -> bool:
         """Whether ``get(video)`` is served from memory without touching the image files."""
-        return (video.name, video.frame_paths) in self._memory
+        return _memory_key(video) in self._memory
 
     def get(self, video: Video, progress: tqdm | None = None, keep: bool = True) -> np.ndarray:
         """All frames of ``video``: uint8 ``(T, H, W, 3)`` BGR.
@@ -338,7 +342,7 @@ class FrameCache:
         ``progress`` (optional) is advanced by one per frame actually decoded. With ``keep``
         False the frames are not held for later calls (one video at a time).
         """
-        key = (video.name, video.frame_paths)
+        key = _memory_key(video)
         frames = self._memory.get(key)
         if frames is not None:
             return frames
@@ -386,7 +390,7 @@ class FrameCache:
                 return self.get_all(videos, bar)
         frames: list[np.ndarray | None] = []
         for video in videos:
-            frames.append(self._memory.get((video.name, video.frame_paths)))
+            frames.append(self._memory.get(_memory_key(video)))
         disk_paths: dict[int, Path | None] = {}
         for index, video in enumerate(videos):
             if frames[index] is None:
@@ -408,7 +412,7 @@ class FrameCache:
         for index, video in enumerate(videos):
             if frames[index] is None:
                 frames[index] = self._decode(video, disk_paths[index], progress)
-            self._memory[(video.name, video.frame_paths)] = frames[index]
+            self._memory[_memory_key(video)] = frames[index]
         return frames  # type: ignore[return-value]
 
     @staticmethod
@@ -456,6 +460,12 @@ class FrameSource(Protocol):
     def load(self, video: Video) -> np.ndarray:
         """One video's frames, not held by the source afterwards."""
         ...
+
+
+def open_video_file(path: str | os.PathLike) -> np.memmap:
+    """A stored video's frames (``.npy``), memory-mapped copy-on-write: uint8 ``(T, H, W, 3)``
+    that numpy and torch can wrap as writable, although nothing is ever written back."""
+    return np.load(path, mmap_mode="c")
 
 
 def _mapped_file(frames: np.ndarray) -> str | os.PathLike | None:
@@ -563,9 +573,9 @@ class FrameWindowDataset(torch.utils.data.Dataset):
             return self.cache.load(self.videos[video_index])
         frames = self._frames[video_index]
         if frames is None:  # unpickled in another process: map the file again
-            # Copy-on-write mapping: writable for torch.from_numpy, never written back.
-            mapped = np.load(self._files[video_index], mmap_mode="c")
-            frames = self._frames[video_index] = np.asarray(mapped)
+            frames = self._frames[video_index] = np.asarray(
+                open_video_file(self._files[video_index])
+            )
         return frames
 
 
