@@ -180,10 +180,15 @@ def check_resumable(saved: Mapping[str, Any], path: str | os.PathLike) -> None:
         )
 
 
+# Flags of a run that name folders of the machine it trained on; a published file leaves them out.
+LOCAL_PATH_FLAGS = frozenset({"dataset_path", "cache_dir", "output_root", "exp_dir", "resume"})
+
+
 def for_publishing(saved: Mapping[str, Any], source: str = "checkpoint") -> dict[str, Any]:
     """What inference needs of a finished run: floating-point weights as fp16 (half the
     size; scores move by hundredths of a dB), items in fp32, sizes, flags, epoch and the
-    calibration if any; no optimizer, scheduler or RNG states."""
+    calibration if any; no optimizer, scheduler or RNG states, and none of the flags that name
+    the trainer's folders (``LOCAL_PATH_FLAGS``)."""
     if saved.get("step"):
         raise InputError(
             f"{source} was saved mid-epoch (step {saved['step']}); publish a finished run"
@@ -203,6 +208,10 @@ def for_publishing(saved: Mapping[str, Any], source: str = "checkpoint") -> dict
     }
     published["kind"] = INFERENCE
     published["step"] = 0
+    if "args" in published:  # the trainer's own folders mean nothing to whoever downloads it
+        published["args"] = {
+            flag: value for flag, value in published["args"].items() if flag not in LOCAL_PATH_FLAGS
+        }
     published["model"] = {
         name: tensor.half() if tensor.is_floating_point() else tensor.clone()
         for name, tensor in saved["model"].items()

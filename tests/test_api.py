@@ -103,6 +103,10 @@ def test_export_keeps_what_inference_needs_in_fp16(checkpoint: Path, tmp_path: P
     source = torch.load(checkpoint, weights_only=False)
     assert saved["items"].dtype == torch.float32 and saved["epoch"] == source["epoch"]
     assert saved["calibration"] == source["calibration"]
+    # The trainer's folders stay behind; the run's settings travel.
+    assert source["args"]["dataset_path"] and "dataset_path" not in saved["args"]
+    assert {"cache_dir", "output_root", "exp_dir"}.isdisjoint(saved["args"])
+    assert (saved["args"]["h"], saved["args"]["w"]) == (source["args"]["h"], source["args"]["w"])
 
     full, half = load_for_inference(checkpoint), load_for_inference(published)
     frames = torch.rand(6, 3, 16, 24, generator=torch.Generator().manual_seed(2)) * 2 - 1
