@@ -34,15 +34,10 @@ import cv2
 import numpy as np
 from tqdm import tqdm
 
-from common.download import (
-    ARCHIVE_SUFFIXES,
-    download_file,
-    extract_archive,
-    file_sha256,
-    is_archive,
-)
+from common.download import download_file, file_sha256
 from common.errors import InputError
 from common.outputs import check_outputs
+from data.archives import ARCHIVE_SUFFIXES, extract_archive, is_archive
 from data.frames import find_split_dir, list_videos, natural_sort_key
 from data.labels import load_frame_labels, write_ano_pred_mat
 
