@@ -253,7 +253,19 @@ def sha256(path: Path) -> str:
 # --------------------------------------------------------------------------- download path
 
 
-def test_ped2_download_end_to_end(tmp_path, http_root, monkeypatch):
+def test_every_official_download_is_pinned_by_sha256_and_size():
+    """A substituted archive (anyone on the plain-http path can serve one) must be refused
+    before it is unpacked: every official file carries its SHA-256 and byte size."""
+    downloads = [d for group in prep.OFFICIAL_DOWNLOADS.values() for d in group]
+    names = sorted(d.url.rsplit("/", 1)[1] for d in downloads)
+    assert names == ["Avenue_Dataset.zip", "UCSD_Anomaly_Dataset.tar.gz", "ground_truth_demo.zip"]
+    for download in downloads:
+        assert download.sha256 is not None and len(download.sha256) == 64
+        assert int(download.sha256, 16) >= 0 and download.sha256 == download.sha256.lower()
+        assert download.size is not None and download.size > 100_000
+
+
+def test_ped2_download_end_to_end(tmp_path, http_root, monkeypatch, capsys):
     www, base, requests = http_root
     archive = make_archive(
         build_ucsd(tmp_path / "src"),
@@ -266,13 +278,14 @@ def test_ped2_download_end_to_end(tmp_path, http_root, monkeypatch):
     monkeypatch.setitem(prep.OFFICIAL_DOWNLOADS, "ped2", (download,))
     root = tmp_path / "datasets"
     assert prep.main(["ped2", "--root", str(root), "--quiet"]) == 0
+    assert "sha256" not in capsys.readouterr().err  # known: nothing to warn about
     check_ped2(root / "ped2")
     assert requests == ["/UCSD_Anomaly_Dataset.tar.gz"]
     assert not (root / "downloads").exists()  # archives go once converted...
     assert no_leftovers(root)
 
 
-def test_avenue_download_keeps_archives_and_reuses_them(tmp_path, http_root, monkeypatch):
+def test_avenue_download_keeps_archives_and_reuses_them(tmp_path, http_root, monkeypatch, capsys):
     www, base, requests = http_root
     videos, gt = build_avenue(tmp_path / "src")
     make_archive(videos, "Avenue Dataset", www / "Avenue_Dataset.zip")
@@ -287,6 +300,13 @@ def test_avenue_download_keeps_archives_and_reuses_them(tmp_path, http_root, mon
     )
     root = tmp_path / "datasets"
     prep.main(["avenue", "--root", str(root), "--keep_archive", "--quiet"])
+    notes = [line for line in capsys.readouterr().err.splitlines() if "sha256" in line]
+    # No hash known: one line per file says so before it is downloaded.
+    assert notes == [
+        f"note: no sha256 is known for {base}/{name}: the download cannot be checked against "
+        "a substituted file"
+        for name in ("Avenue_Dataset.zip", "ground_truth_demo.zip")
+    ]
     check_avenue(root / "avenue")
     kept = root / "downloads" / "Avenue_Dataset.zip"
     assert kept.read_bytes() == (www / "Avenue_Dataset.zip").read_bytes()  # ...unless kept
