@@ -208,26 +208,32 @@ def _copy_image_frames(frames: Sequence[Path], out_dir: Path, bar: tqdm) -> int:
 
 
 def _decode_video(video: Path, out_dir: Path) -> int:
-    """Every frame of ``video`` -> ``out_dir/<NNN>.jpg`` (3-channel). Returns the frame count."""
+    """Every frame of ``video`` -> ``out_dir/<NNN>.jpg`` (3-channel). Returns the frame count.
+
+    Each frame is written as soon as it is decoded (one frame in memory at a time, whatever
+    the video's length) under a provisional name; the container's frame total can be off, so
+    the final zero-padding is known only at the end, when the files are renamed to it.
+    """
     out_dir.mkdir(parents=True)
     capture = cv2.VideoCapture(str(video))
-    # The total from the container header can be off, so frames are named after decoding.
-    frames = []
+    provisional = []
     try:
         while True:
             ok, image = capture.read()
             if not ok:
                 break
-            frames.append(image)
+            provisional.append(out_dir / f".{len(provisional)}.decoded.jpg")
+            _write_image(provisional[-1], image)
+            del image  # not held while the next frame decodes
     finally:
         capture.release()
-    if not frames:
+    if not provisional:
         raise InputError(
             f"cannot decode any frame of {video}; the file is damaged or OpenCV lacks its codec"
         )
-    for index, image in enumerate(frames):
-        _write_image(out_dir / _frame_name(index, len(frames)), image)
-    return len(frames)
+    for index, path in enumerate(provisional):
+        os.replace(path, out_dir / _frame_name(index, len(provisional)))
+    return len(provisional)
 
 
 def _decode_videos(videos: Sequence[Path], out_split: Path, desc: str, progress: bool) -> dict:
