@@ -273,12 +273,16 @@ class _Unpacker:
         self.archive = archive
         self.into = into
         self.real_into = os.path.realpath(into)
+        self.made: set[tuple[str, ...]] = set()  # folders made here (checked, no link inside)
 
     def _parent(self, member: _Member, parts: list[str]) -> Path:
         """Make (or reuse) the folders above the member; each must be a real folder."""
         folder = self.into
-        for part in parts:
+        for depth, part in enumerate(parts, start=1):
             folder = folder / part
+            if tuple(parts[:depth]) in self.made:
+                continue
+            self.made.add(tuple(parts[:depth]))
             try:
                 os.mkdir(folder)
             except FileExistsError:
