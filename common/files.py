@@ -58,7 +58,8 @@ def remove_stale_temporaries(folder: str | os.PathLike, names: Iterable[str]) ->
 
 
 def _flush_to_disk(path: str | os.PathLike) -> None:
-    fd = os.open(path, os.O_RDWR | getattr(os, "O_BINARY", 0))
+    # POSIX flushes through a read-only descriptor; Windows' _commit needs a writable one.
+    fd = os.open(path, (os.O_RDWR | os.O_BINARY) if os.name == "nt" else os.O_RDONLY)
     try:
         os.fsync(fd)
     finally:
