@@ -17,6 +17,7 @@ Several GPUs or machines: launch the same command with ``torchrun`` (Distributed
 from __future__ import annotations
 
 import argparse
+import contextlib
 import sys
 import time
 from collections.abc import Iterable, Sequence
@@ -29,6 +30,7 @@ from torch.utils.data import DataLoader
 from common import cli
 from common.devices import resolve_device
 from common.errors import InputError
+from common.files import folder_lock
 from common.outputs import check_outputs
 from data.datasets import DATASET_TYPES, dataset_dir_for
 from data.device_frames import DeviceWindows
@@ -200,7 +202,8 @@ def main(args: argparse.Namespace) -> Path:
     device = distributed.setup(resolve_device(args.device))
     check_devices(TrainConfig.from_args(args), device)
     try:
-        return train_this_process(args, device)
+        with contextlib.ExitStack() as run_lock:
+            return train_this_process(args, device, run_lock)
     finally:
         distributed.teardown()
 
@@ -225,23 +228,33 @@ def open_training_split(args: argparse.Namespace) -> FrameWindowDataset:
     return dataset
 
 
-def check_outputs_and_inputs(args: argparse.Namespace) -> Path:
+def check_outputs_and_inputs(
+    args: argparse.Namespace, run_lock: contextlib.ExitStack | None = None
+) -> Path:
     """The run folder (see ``check_run_dir``), and ``--cache_dir``, checked against what the
     run reads: the dataset and another run's checkpoint given to ``--resume`` (the run's own
-    is meant to be replaced). Returns the run folder."""
+    is meant to be replaced). With ``run_lock``, the run folder's lock is taken into it, so
+    a second run on the same folder is refused while this one lasts. Returns the run
+    folder."""
     dataset = Path(args.dataset_path) / args.dataset_type
     resume = args.resume if args.resume not in (None, "auto") else None
     run_dir = Path(args.output_root) / args.dataset_type / args.exp_dir
     own = resume is not None and Path(resume).resolve() == (run_dir / "checkpoint.pth").resolve()
     inputs = {"--dataset_path": dataset, "--resume": None if own else resume}
     check_outputs(folders={"--cache_dir": args.cache_dir}, inputs=inputs)
-    return check_run_dir(args, inputs)
+    run_dir = check_run_dir(args, inputs)
+    if run_lock is not None:
+        run_lock.enter_context(folder_lock(run_dir, "training run", "another --exp_dir"))
+    return run_dir
 
 
-def train_this_process(args: argparse.Namespace, device: torch.device) -> Path:
-    """The training run of this process (of ``distributed.world_size()``)."""
+def train_this_process(
+    args: argparse.Namespace, device: torch.device, run_lock: contextlib.ExitStack | None = None
+) -> Path:
+    """The training run of this process (of ``distributed.world_size()``); rank 0 holds the
+    run folder's lock in ``run_lock``."""
     # The output folder may exist on rank 0's machine only: rank 0 alone creates and reads it.
-    run_dir = distributed.share_from_main(lambda: check_outputs_and_inputs(args))
+    run_dir = distributed.share_from_main(lambda: check_outputs_and_inputs(args, run_lock))
     resume = distributed.share_from_main(
         lambda: load_resume_state(args, run_dir, distributed.world_size())
     )

@@ -4,23 +4,19 @@
 ``dest`` only once it is complete and, when a SHA-256 is given, verified. An interrupted
 download keeps its ``.part`` file; the next call asks the server for the rest with an HTTP
 ``Range`` request and starts over when the server does not honour it.
-``cached_download`` keeps one verified copy per URL in a cache folder. ``extract_archive``
-unpacks a downloaded tar or zip archive safely.
+``cached_download`` keeps one verified copy per URL in a cache folder (archives are unpacked
+by :mod:`data.archives`).
 """
 
 from __future__ import annotations
 
-import gzip
 import hashlib
 import http.client
 import os
 import re
-import tarfile
 import urllib.error
 import urllib.parse
 import urllib.request
-import zipfile
-import zlib
 from pathlib import Path
 
 import torch.hub
@@ -193,35 +189,3 @@ def cached_download(
     if dest.is_file() and (sha256 is None or file_sha256(dest) == sha256.lower()):
         return dest
     return download_file(url, dest, sha256=sha256, progress=progress, hint=hint)
-
-
-ARCHIVE_SUFFIXES = (".tar.gz", ".tgz", ".tar", ".zip")
-
-
-def is_archive(path: Path) -> bool:
-    """Whether ``path`` is named like an archive :func:`extract_archive` unpacks."""
-    return path.name.lower().endswith(ARCHIVE_SUFFIXES)
-
-
-def extract_archive(archive: Path, into: Path, progress: bool = True) -> None:
-    """Unpack a tar (any compression) or zip archive; member paths may not leave ``into``."""
-    into.mkdir(parents=True)
-    try:
-        if archive.name.lower().endswith(".zip"):
-            with zipfile.ZipFile(archive) as handle:
-                # ZipFile.extract strips absolute paths and "..", so members stay inside.
-                for member in tqdm(
-                    handle.infolist(), desc=f"extracting {archive.name}", disable=not progress
-                ):
-                    handle.extract(member, into)
-        else:
-            with tarfile.open(archive) as handle:
-                # Iterating the archive lazily extracts each member right after its header,
-                # so a compressed tarball is decompressed once.
-                members = tqdm(handle, desc=f"extracting {archive.name}", disable=not progress)
-                handle.extractall(into, members=members, filter="data")
-    except (tarfile.TarError, zipfile.BadZipFile, gzip.BadGzipFile, zlib.error, EOFError) as error:
-        raise InputError(
-            f"cannot unpack {archive} ({error}); the archive is damaged or incomplete: "
-            "delete it and download it again"
-        ) from error

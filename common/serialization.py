@@ -166,13 +166,32 @@ def load_file(path: str | os.PathLike, what: str = "file", pickled_network: bool
         raise _unreadable(path, error, what) from None
 
 
-def module_tensors(obj: Any, prefix: str = "") -> dict[str, torch.Tensor] | None:
+class CyclicNetwork(ValueError):
+    """A pickled network that contains itself (``name`` is the module that leads back to an
+    ancestor): torch.save never writes one, so the file is damaged or crafted."""
+
+    def __init__(self, name: str) -> None:
+        super().__init__(name)
+        self.name = name
+
+
+def module_tensors(
+    obj: Any, prefix: str = "", _ancestors: frozenset[int] = frozenset()
+) -> dict[str, torch.Tensor] | None:
     """The state_dict of a network read back as inert stand-ins (see :func:`load_file`):
     parameters, then persistent buffers, then each child's, in ``nn.Module.state_dict``'s
-    order and naming. None when ``obj`` is not a module's pickled state."""
+    order and naming. None when ``obj`` is not a module's pickled state.
+
+    Raises:
+        CyclicNetwork: a module is its own descendant (a pickle can say so; a network
+            cannot be).
+    """
     state = obj.__dict__.get("inert_state") if isinstance(obj, InertObject) else None
     if not isinstance(state, Mapping) or not isinstance(state.get("_parameters"), Mapping):
         return None
+    if id(obj) in _ancestors:
+        raise CyclicNetwork(prefix.rstrip(".") or "the network")
+    ancestors = _ancestors | {id(obj)}
     tensors: dict[str, torch.Tensor] = {}
     skipped = state.get("_non_persistent_buffers_set") or set()
     for name, value in state["_parameters"].items():
@@ -184,7 +203,7 @@ def module_tensors(obj: Any, prefix: str = "") -> dict[str, torch.Tensor] | None
     for name, child in (state.get("_modules") or {}).items():
         if child is None:
             continue
-        child_tensors = module_tensors(child, f"{prefix}{name}.")
+        child_tensors = module_tensors(child, f"{prefix}{name}.", ancestors)
         if child_tensors is None:
             return None
         tensors.update(child_tensors)

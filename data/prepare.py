@@ -34,35 +34,48 @@ import cv2
 import numpy as np
 from tqdm import tqdm
 
-from common.download import (
-    ARCHIVE_SUFFIXES,
-    download_file,
-    extract_archive,
-    file_sha256,
-    is_archive,
-)
+from common.download import download_file, file_sha256
 from common.errors import InputError
 from common.outputs import check_outputs
+from data.archives import ARCHIVE_SUFFIXES, extract_archive, is_archive
 from data.frames import find_split_dir, list_videos, natural_sort_key
 from data.labels import load_frame_labels, write_ano_pred_mat
 
 
 @dataclass(frozen=True)
 class Download:
-    """An official archive. ``size`` (bytes) and ``sha256`` are checked when not None; the
-    providers publish neither, so unknown values are left None and simply not checked."""
+    """An official archive. ``size`` (bytes) and ``sha256`` are checked when not None; a
+    download with no known sha256 is announced as unchecked in one line before it starts."""
 
     url: str
     size: int | None = None
     sha256: str | None = None
 
 
-# The one place that names the official download locations.
+# The one place that names the official download locations. The providers publish no
+# checksums and serve plain http only; the sha256 of each archive is the one anomalib's video
+# data modules pin for the same URL (anomalib/data/datamodules/video/ucsd_ped.py, avenue.py),
+# so a substituted archive is refused before it is unpacked. The sizes are those of the files
+# with these hashes (the hosts' Content-Length).
 OFFICIAL_DOWNLOADS: dict[str, tuple[Download, ...]] = {
-    "ped2": (Download("http://www.svcl.ucsd.edu/projects/anomaly/UCSD_Anomaly_Dataset.tar.gz"),),
+    "ped2": (
+        Download(
+            "http://www.svcl.ucsd.edu/projects/anomaly/UCSD_Anomaly_Dataset.tar.gz",
+            size=740_306_953,
+            sha256="2329af326951f5097fdd114c50e853957d3e569493a49d22fc082a9fd791915b",
+        ),
+    ),
     "avenue": (
-        Download("http://www.cse.cuhk.edu.hk/leojia/projects/detectabnormal/Avenue_Dataset.zip"),
-        Download("http://www.cse.cuhk.edu.hk/leojia/projects/detectabnormal/ground_truth_demo.zip"),
+        Download(
+            "http://www.cse.cuhk.edu.hk/leojia/projects/detectabnormal/Avenue_Dataset.zip",
+            size=813_227_845,
+            sha256="fc9cb8432a11ca79c18aa180c72524011411b69d3b0ff27c8816e41c0de61531",
+        ),
+        Download(
+            "http://www.cse.cuhk.edu.hk/leojia/projects/detectabnormal/ground_truth_demo.zip",
+            size=931_269,
+            sha256="60fec1728ec8f73a58aad3aeb5729d70a805a47e0b8eb4bf91ab67ef06386d77",
+        ),
     ),
     # Hosted on cloud drives behind a landing page: no direct URL, --source is required.
     "shanghai": (),
@@ -150,6 +163,12 @@ def _fetch(download: Download, folder: Path, progress: bool) -> Path:
         and (download.sha256 is None or file_sha256(dest) == download.sha256.lower())
     ):
         return dest
+    if download.sha256 is None:
+        print(
+            f"note: no sha256 is known for {download.url}: the download cannot be checked "
+            "against a substituted file",
+            file=sys.stderr,
+        )
     return download_file(
         download.url,
         dest,
@@ -189,26 +208,32 @@ def _copy_image_frames(frames: Sequence[Path], out_dir: Path, bar: tqdm) -> int:
 
 
 def _decode_video(video: Path, out_dir: Path) -> int:
-    """Every frame of ``video`` -> ``out_dir/<NNN>.jpg`` (3-channel). Returns the frame count."""
+    """Every frame of ``video`` -> ``out_dir/<NNN>.jpg`` (3-channel). Returns the frame count.
+
+    Each frame is written as soon as it is decoded (one frame in memory at a time, whatever
+    the video's length) under a provisional name; the container's frame total can be off, so
+    the final zero-padding is known only at the end, when the files are renamed to it.
+    """
     out_dir.mkdir(parents=True)
     capture = cv2.VideoCapture(str(video))
-    # The total from the container header can be off, so frames are named after decoding.
-    frames = []
+    provisional = []
     try:
         while True:
             ok, image = capture.read()
             if not ok:
                 break
-            frames.append(image)
+            provisional.append(out_dir / f".{len(provisional)}.decoded.jpg")
+            _write_image(provisional[-1], image)
+            del image  # not held while the next frame decodes
     finally:
         capture.release()
-    if not frames:
+    if not provisional:
         raise InputError(
             f"cannot decode any frame of {video}; the file is damaged or OpenCV lacks its codec"
         )
-    for index, image in enumerate(frames):
-        _write_image(out_dir / _frame_name(index, len(frames)), image)
-    return len(frames)
+    for index, path in enumerate(provisional):
+        os.replace(path, out_dir / _frame_name(index, len(provisional)))
+    return len(provisional)
 
 
 def _decode_videos(videos: Sequence[Path], out_split: Path, desc: str, progress: bool) -> dict:

@@ -18,7 +18,7 @@ import torch
 from torch import nn
 
 from common.errors import InputError
-from common.serialization import InertObject, load_file, module_tensors
+from common.serialization import CyclicNetwork, InertObject, load_file, module_tensors
 from model.config import ModelConfig
 from model.lgn_net import LGNNet
 
@@ -32,7 +32,9 @@ def _shape(tensor: torch.Tensor) -> tuple[int, ...]:
     return tuple(tensor.shape)
 
 
-def extract_state_dict(obj: Any, source: str = "state_dict") -> dict[str, torch.Tensor]:
+def extract_state_dict(
+    obj: Any, source: str = "state_dict", _enclosing: frozenset[int] = frozenset()
+) -> dict[str, torch.Tensor]:
     """The flat ``{name: tensor}`` weights held by ``obj``.
 
     Accepts a state_dict, a dict nesting one under ``"state_dict"`` or ``"model"``, an
@@ -44,7 +46,14 @@ def extract_state_dict(obj: Any, source: str = "state_dict") -> dict[str, torch.
     if isinstance(obj, nn.Module):
         obj = obj.state_dict()
     elif isinstance(obj, InertObject):
-        tensors = module_tensors(obj)
+        try:
+            tensors = module_tensors(obj)
+        except CyclicNetwork as cycle:
+            raise InputError(
+                f"{source}: the pickled network contains itself (its module {cycle.name!r} is "
+                "one that holds it), which no network does; the file is damaged or crafted: "
+                "pass the network weights file"
+            ) from None
         if tensors is None:
             raise InputError(
                 f"{source}: holds a pickled {obj.inert_name} that is not a network's state; "
@@ -59,7 +68,12 @@ def extract_state_dict(obj: Any, source: str = "state_dict") -> dict[str, torch.
     for key in _NESTED_WEIGHT_KEYS:
         nested = obj.get(key)
         if isinstance(nested, Mapping | nn.Module | InertObject):
-            return extract_state_dict(nested, source)
+            if id(nested) in _enclosing | {id(obj)}:
+                raise InputError(
+                    f"{source}: its {key!r} entry contains itself, so it holds no weights; the "
+                    "file is damaged or crafted: pass the network weights file"
+                )
+            return extract_state_dict(nested, source, _enclosing | {id(obj)})
     state = dict(obj)
     for name, value in state.items():
         if not isinstance(value, torch.Tensor):

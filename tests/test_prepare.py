@@ -253,7 +253,19 @@ def sha256(path: Path) -> str:
 # --------------------------------------------------------------------------- download path
 
 
-def test_ped2_download_end_to_end(tmp_path, http_root, monkeypatch):
+def test_every_official_download_is_pinned_by_sha256_and_size():
+    """A substituted archive (anyone on the plain-http path can serve one) must be refused
+    before it is unpacked: every official file carries its SHA-256 and byte size."""
+    downloads = [d for group in prep.OFFICIAL_DOWNLOADS.values() for d in group]
+    names = sorted(d.url.rsplit("/", 1)[1] for d in downloads)
+    assert names == ["Avenue_Dataset.zip", "UCSD_Anomaly_Dataset.tar.gz", "ground_truth_demo.zip"]
+    for download in downloads:
+        assert download.sha256 is not None and len(download.sha256) == 64
+        assert int(download.sha256, 16) >= 0 and download.sha256 == download.sha256.lower()
+        assert download.size is not None and download.size > 100_000
+
+
+def test_ped2_download_end_to_end(tmp_path, http_root, monkeypatch, capsys):
     www, base, requests = http_root
     archive = make_archive(
         build_ucsd(tmp_path / "src"),
@@ -266,13 +278,14 @@ def test_ped2_download_end_to_end(tmp_path, http_root, monkeypatch):
     monkeypatch.setitem(prep.OFFICIAL_DOWNLOADS, "ped2", (download,))
     root = tmp_path / "datasets"
     assert prep.main(["ped2", "--root", str(root), "--quiet"]) == 0
+    assert "sha256" not in capsys.readouterr().err  # known: nothing to warn about
     check_ped2(root / "ped2")
     assert requests == ["/UCSD_Anomaly_Dataset.tar.gz"]
     assert not (root / "downloads").exists()  # archives go once converted...
     assert no_leftovers(root)
 
 
-def test_avenue_download_keeps_archives_and_reuses_them(tmp_path, http_root, monkeypatch):
+def test_avenue_download_keeps_archives_and_reuses_them(tmp_path, http_root, monkeypatch, capsys):
     www, base, requests = http_root
     videos, gt = build_avenue(tmp_path / "src")
     make_archive(videos, "Avenue Dataset", www / "Avenue_Dataset.zip")
@@ -287,6 +300,13 @@ def test_avenue_download_keeps_archives_and_reuses_them(tmp_path, http_root, mon
     )
     root = tmp_path / "datasets"
     prep.main(["avenue", "--root", str(root), "--keep_archive", "--quiet"])
+    notes = [line for line in capsys.readouterr().err.splitlines() if "sha256" in line]
+    # No hash known: one line per file says so before it is downloaded.
+    assert notes == [
+        f"note: no sha256 is known for {base}/{name}: the download cannot be checked against "
+        "a substituted file"
+        for name in ("Avenue_Dataset.zip", "ground_truth_demo.zip")
+    ]
     check_avenue(root / "avenue")
     kept = root / "downloads" / "Avenue_Dataset.zip"
     assert kept.read_bytes() == (www / "Avenue_Dataset.zip").read_bytes()  # ...unless kept
@@ -394,6 +414,42 @@ def test_wrong_layout_names_the_expected_one(tmp_path):
     with pytest.raises(InputError, match="truncated.tar.gz.*damaged or incomplete"):
         prep.prepare("ped2", tmp_path / "out", [truncated], progress=False)
     assert no_leftovers(tmp_path / "out")
+
+
+def test_video_frames_are_written_as_they_are_decoded(tmp_path, monkeypatch):
+    """Memory does not grow with a video's length: each decoded frame is on disk before the
+    next is decoded (a 1080p AVI of 400 frames held 2.9 GB when all were kept)."""
+    n_frames, held, most_held = 1001, [0], [0]
+
+    class Capture:  # a video of n_frames frames, counting those decoded but not yet written
+        def __init__(self, _path: str) -> None:
+            self.index = 0
+
+        def read(self):
+            if self.index == n_frames:
+                return False, None
+            held[0] += 1
+            most_held[0] = max(most_held[0], held[0])
+            self.index += 1
+            return True, frame_image(self.index - 1)
+
+        def release(self) -> None:
+            pass
+
+    real_write = prep._write_image
+
+    def write(path: Path, image: np.ndarray) -> None:
+        real_write(path, image)
+        held[0] -= 1
+
+    monkeypatch.setattr(prep.cv2, "VideoCapture", Capture)
+    monkeypatch.setattr(prep, "_write_image", write)
+    assert prep._decode_video(tmp_path / "long.avi", tmp_path / "out") == n_frames
+    assert most_held[0] == 1
+    # Four digits once the video needs them, and the frames in decoding order.
+    assert frame_names(tmp_path / "out") == [f"{k:04d}.jpg" for k in range(n_frames)]
+    for k in (0, 7, 1000):
+        assert_close(read_frame(tmp_path / "out" / f"{k:04d}.jpg"), frame_image(k))
 
 
 def test_avenue_without_ground_truth(tmp_path):

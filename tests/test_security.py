@@ -269,3 +269,30 @@ def test_only_the_project_s_own_checkpoints_resume(traps: Traps, tmp_path: Path)
         ]
     )
     assert str(plain) in refusal(train.main, args)
+
+
+def test_a_network_or_checkpoint_containing_itself_is_refused_in_one_line(
+    traps: Traps, tiny_dataset: Path, trained_run: Path, tmp_path: Path
+) -> None:
+    """A pickle can make a module its own child, or a dict its own "model" entry; reading
+    the weights off such a file used to recurse until a raw RecursionError."""
+    module = types.ModuleType("reference_release_network")
+    network_class = type("ConvAE", (LGNNet,), {"__module__": module.__name__})
+    module.ConvAE = network_class
+    sys.modules[module.__name__] = module
+    try:
+        network = network_class(**torch.load(trained_run / "checkpoint.pth")["model_args"])
+        network.encoder.back = network  # a module holding its own ancestor
+        torch.save(network, tmp_path / "cyclic_network.pth")
+    finally:
+        del sys.modules[module.__name__]
+    cyclic: dict = {}
+    cyclic["model"] = cyclic
+    torch.save(cyclic, tmp_path / "cyclic_dict.pth")
+
+    message = refusal(load_reference_checkpoint, tmp_path / "cyclic_network.pth", traps.keys)
+    assert "contains itself (its module 'encoder.back' is one that holds it)" in message
+    assert "cyclic_network.pth" in message
+    flags = ["--model_dir", tmp_path / "cyclic_dict.pth", "--m_items_dir", traps.keys]
+    message = refusal(evaluate.main, eval_args(tiny_dataset, *flags, "--h", "16", "--w", "24"))
+    assert "cyclic_dict.pth" in message and "'model' entry contains itself" in message

@@ -16,7 +16,7 @@ import numpy as np
 import torch
 
 from common.errors import InputError
-from common.files import atomic_write, save_torch, write_text
+from common.files import atomic_write, remove_stale_temporaries, save_torch, write_text
 from common.outputs import check_outputs
 from model import LGNNet
 from model import checkpoint as checkpoint_format
@@ -59,14 +59,17 @@ def save_run_state(
     step: int,
 ) -> None:
     """Write ``checkpoint.pth`` (resumable state at ``epoch``/``step``), ``config.json`` (the
-    flags) and the reference-layout ``model.pth`` + ``keys.pt``, each atomically; the run
-    folder is created with the first of them.
+    flags) and the reference-layout ``model.pth`` + ``keys.pt``, each atomically, after
+    removing the temporaries a killed write of this run left.
 
     Under torchrun every process calls this: rank 0 writes (with every process's RNG state)
     while the others wait, so none exits before the files are complete.
     """
     rng_by_rank = distributed.gather_to_main(rng_state())
     if distributed.is_main():
+        # Left by a run of this folder killed mid-write (up to a checkpoint's size each); the
+        # run folder's lock says no other process is writing them now.
+        remove_stale_temporaries(run_dir, RUN_FILES)
         flags = run_flags(args)
         training = {
             "optimizer": optimizer.state_dict(),
@@ -125,10 +128,10 @@ RUN_FILES = ("checkpoint.pth", "model.pth", "keys.pt", "config.json", "log.jsonl
 def check_run_dir(args: argparse.Namespace, inputs: dict[str, Any] | None = None) -> Path:
     """The run folder ``<output_root>/<dataset_type>/<exp_dir>``, checked before any work:
     it must be writable, and may hold an earlier run only with ``--resume`` (continue it) or
-    ``--overwrite`` (replace it). Nothing is created here: the folder appears with the first
-    checkpoint, so a run that fails early leaves nothing behind. ``inputs`` (flag -> path)
-    are what the run reads: the folder may not contain, be or lie inside any of them (see
-    :func:`common.outputs.check_outputs`)."""
+    ``--overwrite`` (replace it). Nothing is created here: train.py's lock on the folder
+    creates it, and removes it again when the run ends before its first checkpoint.
+    ``inputs`` (flag -> path) are what the run reads: the folder may not contain, be or lie
+    inside any of them (see :func:`common.outputs.check_outputs`)."""
     run_dir = Path(args.output_root) / args.dataset_type / args.exp_dir
     if run_dir.exists() and not run_dir.is_dir():
         raise InputError(f"the run folder {run_dir} is a file; choose another --exp_dir")
