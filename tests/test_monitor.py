@@ -189,8 +189,10 @@ def test_interrupted_epoch_logs_the_whole_epoch_and_eval_every_matches_evaluate(
     resumed = train_tiny(small_dataset, tmp_path / "stopped", *flags, "--resume")
     [whole] = read_log(resumed)
     assert whole["steps"] == record["steps"]
+    # Resuming retraces the same steps (tests/test_cli.py), so the sums agree to rounding;
+    # the last 4 steps' mean alone would be far off (the loss falls fast in the first steps).
     for name in ("loss", "pixel", "compact", "separate", "auc"):
-        assert whole[name] == pytest.approx(record[name], rel=1e-9), name
+        assert whole[name] == pytest.approx(record[name], rel=1e-6), name
     assert whole["seconds"] > carried_seconds > 0
     # Each step logged once, in order, across the two processes' event files.
     assert [step for step, _ in scalars(resumed, "train/loss")] == list(range(1, 7))
@@ -202,6 +204,7 @@ def test_interrupted_epoch_logs_the_whole_epoch_and_eval_every_matches_evaluate(
     partial = train_tiny(small_dataset, tmp_path / "old", "--epochs", "1", "--resume")
     [part] = read_log(partial)
     assert part["from_step"] == 2 and part["steps"] == 4
+    assert part["loss"] < 0.8 * whole["loss"]  # what a partial record would have claimed
 
 
 def test_evaluation_during_training_leaves_the_training_memory_alone(
