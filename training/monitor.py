@@ -21,6 +21,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from common.errors import InputError
 from common.files import atomic_write
 from data.frames import FrameWindowDataset
 from inference.benchmark import ScoringSettings, benchmark_metrics, evaluate_split
@@ -231,6 +232,14 @@ class TrainingMonitor:
         self.steps_per_epoch, self.samples_per_step = steps_per_epoch, samples_per_step
         self.flush_every = max(1, flush_every)
         self.tensorboard = tensorboard
+        if tensorboard:  # now, rather than at the first step
+            try:
+                from torch.utils.tensorboard import SummaryWriter  # noqa: F401
+            except ImportError:
+                raise InputError(
+                    "--tensorboard on needs the tensorboard package; install it "
+                    "(pip install -r requirements.txt) or give --tensorboard off"
+                ) from None
         # Everything the first run logged from the resumed step on is dropped by readers.
         self.purge_step = global_step(*start, steps_per_epoch) + 1
         self._writer: Any = None
@@ -355,7 +364,6 @@ def first_test_video(
 ) -> FrameWindowDataset | None:
     """The first video of the test split (decoded now, at the run's size) for the sample
     grid; None when the dataset has no test split or its first video is too short."""
-    from common.errors import InputError
     from data.frames import FrameCache, find_split_dir, list_videos
 
     try:
