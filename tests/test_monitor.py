@@ -230,3 +230,19 @@ def test_evaluation_during_training_leaves_the_training_memory_alone(
     )  # fmt: skip
     assert sum(r.scores.memory_updates for r in results) == len(evaluation.dataset)
     assert not torch.equal(results[-1].scores.items, before)
+
+
+def test_missing_tensorboard_is_a_one_line_error_before_training(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import sys
+
+    from conftest import one_line_error
+
+    monkeypatch.setitem(sys.modules, "torch.utils.tensorboard", None)  # import fails
+    message = one_line_error(tiny_monitor, tmp_path, (0, 0), 4)
+    assert "tensorboard" in message and "--tensorboard off" in message
+    windows = torch.rand(1, 6, 16, 16)
+    fixed = FixedWindows(windows[0], None, windows)
+    TrainingMonitor(tmp_path, fixed, 4, 3, tensorboard=False)  # off: no package needed
+    assert not list(tmp_path.iterdir())
