@@ -20,7 +20,6 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from tqdm import tqdm
 
 from common import cli
 from common.devices import precision_name, resolve_device, resolve_precision
@@ -28,16 +27,17 @@ from common.errors import InputError
 from common.files import write_text
 from common.outputs import check_outputs
 from data.datasets import DATASET_TYPES, dataset_dir_for
-from data.frame_store import add_frames_flag, choose_frames
+from data.frame_store import add_frames_flag
 from data.frames import FrameWindowDataset, find_split_dir, list_videos
 from data.labels import load_frame_labels, locate_labels
 from inference.benchmark import (
     ScoringSettings,
     VideoResult,
     benchmark_metrics,
+    evaluate_split,
+    open_test_windows,
     save_plots,
     score_rows,
-    score_test_videos,
     write_scores_csv,
 )
 from inference.config import EVAL_BATCH_SIZE, EVAL_BATCH_SIZE_FAST, GAMMA, LAMBDA
@@ -194,7 +194,7 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
     labels_by_video = load_frame_labels(dataset_dir, videos, label_path)
     print(describe_run(args, loaded, label_path, device, dtype), file=sys.stderr)
     dataset = open_test_split(args, videos, dataset_dir, loaded)
-    results = evaluate_split(loaded, dataset, labels_by_video, settings)
+    results = evaluate_split(loaded.model, loaded.items, dataset, labels_by_video, settings)
     report = build_report(args, loaded, results, settings, str(label_path), time.time() - began)
     write_outputs(args, report, results)
     print_summary(report, len(results))
@@ -204,17 +204,14 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
 def open_test_split(
     args: argparse.Namespace, videos: list, dataset_dir: Path, loaded: LoadedModel
 ) -> FrameWindowDataset:
-    """The test windows at the model's size; videos are scored one after the other, so each
-    is loaded (from memory or from the disk store, per ``--frames``) when its turn comes."""
+    """The test windows at the model's size (:func:`inference.benchmark.open_test_windows`)."""
     cache_dir = Path(args.cache_dir) if args.cache_dir else None
-    height, width = loaded.height, loaded.width
-    frames = choose_frames(
-        args.frames, videos, height, width, cache_dir, dataset_dir, one_video_at_a_time=True
-    )
-    print(frames.line, file=sys.stderr)
-    return FrameWindowDataset(
-        videos, height, width, loaded.model.t_length, frames.source, preload=False
-    )
+    dataset, line = open_test_windows(
+        videos, dataset_dir, loaded.height, loaded.width, loaded.model.t_length, args.frames,
+        cache_dir,
+    )  # fmt: skip
+    print(line, file=sys.stderr)
+    return dataset
 
 
 def scoring_settings(
@@ -236,25 +233,6 @@ def scoring_settings(
         metric=QualityMetric(args.error_metric, device),
         functions=compiled_scoring_functions(loaded.model) if fast else None,
     )
-
-
-def evaluate_split(
-    loaded: LoadedModel,
-    dataset: FrameWindowDataset,
-    labels_by_video: dict[str, Any],
-    settings: ScoringSettings,
-) -> list[VideoResult]:
-    """Every test video scored in order (the memory carried over), with a progress bar."""
-    bar = tqdm(total=len(dataset), desc="evaluating", unit="frame", dynamic_ncols=True)
-
-    def advance(result: VideoResult) -> None:
-        bar.update(len(result.labels))
-
-    results, _ = score_test_videos(
-        loaded.model, loaded.items, dataset, labels_by_video, settings, on_video=advance
-    )
-    bar.close()
-    return results
 
 
 def build_report(

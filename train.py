@@ -6,7 +6,9 @@ Example::
     python train.py --config ped2_cpu --dataset_path ./datasets   # a named configuration
 
 Writes ``exp/<dataset_type>/<exp_dir>/``: ``model.pth`` and ``keys.pt`` (reference layout),
-``checkpoint.pth`` (everything ``--resume`` needs), ``config.json`` and ``log.jsonl``.
+``checkpoint.pth`` (everything ``--resume`` needs), ``config.json`` and ``log.jsonl``; to watch
+it train, TensorBoard event files, ``samples/epoch_NNN.png`` and, at the end,
+``training_curves.png`` (``tensorboard --logdir exp/<dataset_type>/<exp_dir>``).
 
 Several GPUs or machines: launch the same command with ``torchrun`` (DistributedDataParallel;
 ``--batch_size`` is then per process)::
@@ -22,7 +24,7 @@ import sys
 import time
 from collections.abc import Iterable, Sequence
 from pathlib import Path
-from typing import NoReturn
+from typing import Any, NamedTuple, NoReturn
 
 import torch
 from torch.utils.data import DataLoader
@@ -42,10 +44,19 @@ from training import distributed
 from training.config import NAMED_CONFIGS, TrainConfig
 from training.loop import (
     EpochPosition,
+    EpochTotals,
     StopRequested,
     check_processes_in_sync,
     epoch_batches,
     train_one_epoch,
+)
+from training.monitor import (
+    TestEvaluation,
+    TrainingMonitor,
+    choose_fixed_windows,
+    first_test_video,
+    open_test_evaluation,
+    plot_training_curves,
 )
 from training.run_state import (
     append_log,
@@ -142,6 +153,21 @@ def get_args_parser() -> argparse.ArgumentParser:
         help="after training, score the training videos once more (one inference pass) and "
         "store normal-data score statistics in checkpoint.pth for detect.py",
     )
+    run.add_argument(
+        "--tensorboard",
+        default="on",
+        choices=("on", "off"),
+        help="TensorBoard event files in the run folder (per step: losses, lr, samples/s; "
+        "per epoch: the log record, sample predictions, memory usage)",
+    )
+    run.add_argument(
+        "--eval_every",
+        type=int,
+        default=0,
+        metavar="N",
+        help="after every N epochs, the test split's frame AUC by evaluate.py's protocol "
+        "(with its default flags), into log.jsonl and TensorBoard (0: never)",
+    )
 
     multi = parser.add_argument_group("several processes (under torchrun)")
     multi.add_argument(
@@ -174,7 +200,7 @@ def validate_args(args: argparse.Namespace) -> None:
     ModelConfig(args.c, args.t_length, args.msize, args.fdim, args.mdim).check(MODEL_FLAGS)
     for flag in ("batch_size", "epochs"):
         cli.at_least(f"--{flag}", getattr(args, flag), 1)
-    for flag in ("sync_check_every", "num_workers"):
+    for flag in ("sync_check_every", "num_workers", "eval_every"):
         cli.at_least(f"--{flag}", getattr(args, flag), 0)
     cli.finite_number("--lr", args.lr, minimum=0.0, above=True)
     cli.finite_number("--loss_compact", args.loss_compact, minimum=0.0)
@@ -266,20 +292,31 @@ def train_this_process(
         check_enough_frames(len(dataset), FALSE_ALARM_RATE, "the training videos hold")
     setup = prepare_training(config, device, resume, args.sync_check_every)
     device_windows = DeviceWindows.if_they_fit(dataset, device) if setup.fast else None
+    # A mid-epoch checkpoint carries the epoch's sums so far (None in older checkpoints).
+    carried = EpochTotals.from_data(resume.get("epoch_totals")) if setup.start_step else None
+    watch = Watch(None, None, carried)
     if distributed.is_main():
+        watch = watch._replace(**open_watchers(args, dataset, setup, run_dir))
         print(
             f"training on {len(dataset)} windows from {len(dataset.videos)} videos, "
             f"{args.h}x{args.w}, {setup.describe()} -> {run_dir}",
             file=sys.stderr,
         )
-    with StopRequested() as stop:
-        for epoch in range(setup.start_epoch, config.epochs):
-            batches = epoch_batches_of_this_process(len(dataset), config, epoch)
-            remaining = batches[setup.start_step :]  # after a mid-epoch resume
-            loader = epoch_loader(dataset, remaining, args.num_workers, device, device_windows)
-            train_epoch(setup, loader, len(batches), args, run_dir, epoch, stop)
+    try:
+        with StopRequested() as stop:
+            for epoch in range(setup.start_epoch, config.epochs):
+                batches = epoch_batches_of_this_process(len(dataset), config, epoch)
+                remaining = batches[setup.start_step :]  # after a mid-epoch resume
+                loader = epoch_loader(dataset, remaining, args.num_workers, device, device_windows)
+                train_epoch(setup, loader, len(batches), args, run_dir, epoch, stop, watch)
+                watch = watch._replace(carried=None)
+    finally:
+        if watch.monitor is not None:
+            watch.monitor.close()
     if args.sync_check_every:
         check_processes_in_sync(setup.model, setup.items, "at the end of training")
+    if distributed.is_main():
+        plot_training_curves(run_dir / "log.jsonl", run_dir / "training_curves.png")
     if args.calibrate and distributed.is_main():
         from inference.calibration import calibrate_training_run
 
@@ -287,6 +324,39 @@ def train_this_process(
             run_dir / "checkpoint.pth", setup.model, setup.items, dataset, setup.settings.dtype
         )
     return run_dir
+
+
+class Watch(NamedTuple):
+    """What watches the epochs (on the main process; None elsewhere or when off), and the
+    sums a resumed epoch carries from before its checkpoint."""
+
+    monitor: TrainingMonitor | None
+    evaluation: TestEvaluation | None  # --eval_every
+    carried: EpochTotals | None
+
+
+def open_watchers(
+    args: argparse.Namespace, dataset: FrameWindowDataset, setup: TrainingSetup, run_dir: Path
+) -> dict[str, Any]:
+    """The main process's monitor (fixed windows chosen now) and, with ``--eval_every``, the
+    test split it evaluates (opened now, so that missing labels stop the run before it
+    trains)."""
+    dataset_dir = dataset_dir_for(args.dataset_type, Path(args.dataset_path))
+    test = first_test_video(dataset_dir, args.h, args.w, args.t_length)
+    steps = len(epoch_batches_of_this_process(len(dataset), TrainConfig.from_args(args), 0))
+    monitor = TrainingMonitor(
+        run_dir, choose_fixed_windows(dataset, test), steps,
+        args.batch_size * distributed.world_size(), (setup.start_epoch, setup.start_step),
+        tensorboard=args.tensorboard == "on", flush_every=setup.sync_every,
+    )  # fmt: skip
+    evaluation = None
+    if args.eval_every:
+        cache_dir = Path(args.cache_dir) if args.cache_dir else None
+        evaluation = open_test_evaluation(
+            dataset_dir, args.dataset_type, (args.h, args.w), args.t_length, args.frames,
+            cache_dir, setup.settings.dtype,
+        )  # fmt: skip
+    return {"monitor": monitor, "evaluation": evaluation}
 
 
 def epoch_batches_of_this_process(
@@ -329,30 +399,50 @@ def train_epoch(
     run_dir: Path,
     epoch: int,
     stop: StopRequested,
+    watch: Watch,
 ) -> None:
     """Train one epoch (``loader`` holds its batches from ``setup.start_step`` on), then
-    save the run and log the epoch; after a signal, save where the epoch stopped and exit."""
+    save the run and log the epoch; after a signal, save where the epoch stopped (with the
+    epoch's sums so far) and exit."""
     began, lr = time.time(), setup.optimizer.param_groups[0]["lr"]
     position = EpochPosition(epoch, args.epochs, setup.start_step)
+    resumed_without_sums = setup.start_step and watch.carried is None
+    totals = watch.carried or EpochTotals()
+    monitor = watch.monitor
+    if monitor is not None:
+        monitor.begin_epoch(epoch, lr)
     setup.items, losses, step = train_one_epoch(
         setup.runner, loader, setup.items, setup.optimizer, setup.device, setup.settings,
-        position=position, stop=stop, sync_every=setup.sync_every,
+        position=position, stop=stop, sync_every=setup.sync_every, totals=totals,
+        on_step=monitor.step if monitor is not None else None,
     )  # fmt: skip
     save = (run_dir, setup.model, setup.items, setup.optimizer, setup.scheduler, args)
     if step < num_batches:  # a signal (to any process) ended the epoch early
-        save_run_state(*save, epoch, step)
+        totals.seconds += time.time() - began
+        save_run_state(*save, epoch, step, epoch_totals=totals.as_data())
         exit_for_signal(stop, run_dir, f"at epoch {epoch + 1}, step {step}")
     setup.scheduler.step()
     first, setup.start_step = epoch == setup.start_epoch, 0
     save_run_state(*save, epoch + 1, 0)
     if distributed.is_main():
-        record = {"epoch": epoch + 1, **losses, "lr": lr, "seconds": round(time.time() - began, 2)}
+        seconds = totals.seconds + time.time() - began
+        record = {"epoch": epoch + 1, **losses, "lr": lr, "seconds": round(seconds, 2)}
+        record["steps"] = totals.count // distributed.world_size()
+        if resumed_without_sums:  # a checkpoint older than the sums: the record is partial
+            record["from_step"] = position.start_step
+        if monitor is not None:
+            record.update(monitor.end_epoch(epoch, setup.model, setup.items))
+        if watch.evaluation is not None and (epoch + 1) % args.eval_every == 0:
+            record.update(watch.evaluation(setup.model, setup.items))
         # Records of later epochs left by a replaced run or a resumed one's future go.
         append_log(run_dir / "log.jsonl", record, setup.start_epoch if first else None)
+        if monitor is not None:
+            monitor.log_record(record, epoch)
+        auc = f"; test AUC {100 * record['auc']:.2f} %" if "auc" in record else ""
         print(
             f"epoch {epoch + 1}/{args.epochs}: loss {losses['loss']:.5f} "
             f"(pixel {losses['pixel']:.5f}, compact {losses['compact']:.5f}, "
-            f"separate {losses['separate']:.5f}) in {record['seconds']:.0f}s",
+            f"separate {losses['separate']:.5f}) in {record['seconds']:.0f}s{auc}",
             file=sys.stderr,
         )
     if distributed.any_rank(bool(stop)):

@@ -12,10 +12,12 @@ from typing import Any, NamedTuple
 
 import numpy as np
 import torch
+from tqdm import tqdm
 
 from common.errors import InputError
 from common.files import atomic_write
-from data.frames import FrameWindowDataset, frames_to_tensor
+from data.frame_store import choose_frames
+from data.frames import FrameWindowDataset, Video, frames_to_tensor
 from inference.config import EVAL_BATCH_SIZE, GAMMA, LAMBDA
 from inference.video import QualityMetric, ScoringFunctions, VideoScores, evaluate_video
 from model import LGNNet
@@ -99,6 +101,51 @@ def score_test_videos(
         if on_video is not None:
             on_video(result)
     return results, items
+
+
+def open_test_windows(
+    videos: list[Video],
+    dataset_dir: Path,
+    height: int,
+    width: int,
+    t_length: int,
+    frames: str = "auto",
+    cache_dir: Path | None = None,
+) -> tuple[FrameWindowDataset, str]:
+    """The test windows at ``height`` x ``width`` for :func:`evaluate_split`, with the line
+    saying where their frames live (``--frames``). Videos are scored one after the other,
+    so each is loaded (from memory or from the disk store) when its turn comes."""
+    choice = choose_frames(
+        frames, videos, height, width, cache_dir, dataset_dir, one_video_at_a_time=True
+    )
+    dataset = FrameWindowDataset(videos, height, width, t_length, choice.source, preload=False)
+    return dataset, choice.line
+
+
+def evaluate_split(
+    model: LGNNet,
+    items: torch.Tensor,
+    dataset: FrameWindowDataset,
+    labels_by_video: Mapping[str, np.ndarray],
+    settings: ScoringSettings,
+    progress: bool = True,
+) -> list[VideoResult]:
+    """``evaluate.py``'s scoring of a test split: :func:`score_test_videos` from ``items``
+    ``(M, D)``, with a progress bar (frames) unless ``progress`` is False. ``items`` itself is
+    never changed: the test-time updates go to the new tensors each step returns."""
+    bar = tqdm(
+        total=len(dataset), desc="evaluating", unit="frame", dynamic_ncols=True,
+        disable=not progress, leave=False,
+    )  # fmt: skip
+
+    def advance(result: VideoResult) -> None:
+        bar.update(len(result.labels))
+
+    results, _ = score_test_videos(
+        model, items, dataset, labels_by_video, settings, on_video=advance
+    )
+    bar.close()
+    return results
 
 
 def benchmark_metrics(

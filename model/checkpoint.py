@@ -17,7 +17,9 @@ Entries of format version 2::
     args            the run's train.py flags (plain values)
     training only   optimizer, scheduler (their state_dicts), rng_by_rank (plain data, one
                     entry per process), world_size
-    optional        calibration (detect.py's normal-data statistics, plain data)
+    optional        calibration (detect.py's normal-data statistics, plain data);
+                    epoch_totals (saved mid-epoch: the epoch's loss sums, count and seconds
+                    so far, plain data, so the resumed epoch's log record is whole)
 
 Version 1 files (written before ``model_args``) are read too: their sizes come from ``args``
 and, for the ST-LSTM, from the tensors. Every value is a tensor or plain Python data, so

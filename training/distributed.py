@@ -101,14 +101,20 @@ def any_rank(flag: bool) -> bool:
 
 def mean_over_ranks(totals: dict[str, float], count: int) -> dict[str, float]:
     """Per-key means of values summed over ``count`` steps, pooled over all processes."""
+    pooled, pooled_count = sum_over_ranks(totals, count)
+    return {key: value / max(pooled_count, 1) for key, value in pooled.items()}
+
+
+def sum_over_ranks(totals: dict[str, float], count: int) -> tuple[dict[str, float], int]:
+    """Per-key sums over ``count`` steps and the count, each summed over all processes."""
     if not is_distributed():
-        return {key: value / max(count, 1) for key, value in totals.items()}
+        return dict(totals), count
     sums = torch.tensor(
         [*totals.values(), float(count)], dtype=torch.float64, device=_collective_device()
     )
     dist.all_reduce(sums)
     *pooled, pooled_count = sums.tolist()
-    return {key: value / max(pooled_count, 1.0) for key, value in zip(totals, pooled, strict=True)}
+    return dict(zip(totals, pooled, strict=True)), round(pooled_count)
 
 
 def broadcast_from_main(tensor: torch.Tensor) -> torch.Tensor:

@@ -5,7 +5,8 @@ from __future__ import annotations
 
 import signal
 import sys
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
 import torch
@@ -60,6 +61,40 @@ class EpochPosition(NamedTuple):
     start_step: int = 0  # index of the first batch (after a mid-epoch resume)
 
 
+LOSS_NAMES = ("loss", "pixel", "compact", "separate")
+
+
+@dataclass
+class EpochTotals:
+    """An epoch's loss sums so far, pooled over all processes, with the number of losses
+    summed (steps × processes) and the seconds trained: what a mid-epoch checkpoint carries,
+    so that the resumed epoch's record covers the whole epoch, not only its last part."""
+
+    sums: dict[str, float] = field(default_factory=lambda: dict.fromkeys(LOSS_NAMES, 0.0))
+    count: int = 0  # losses summed: steps of every process together
+    seconds: float = 0.0  # training time of the steps summed
+
+    def add(self, sums: dict[str, float], count: int) -> None:
+        for name in LOSS_NAMES:
+            self.sums[name] += sums[name]
+        self.count += count
+
+    def means(self) -> dict[str, float]:
+        return {name: self.sums[name] / max(self.count, 1) for name in LOSS_NAMES}
+
+    def as_data(self) -> dict[str, object]:
+        """Plain data for the checkpoint."""
+        return {"sums": dict(self.sums), "count": self.count, "seconds": self.seconds}
+
+    @classmethod
+    def from_data(cls, saved: object) -> EpochTotals | None:
+        """:meth:`as_data`'s values back; None for checkpoints written without them."""
+        if not isinstance(saved, dict) or not isinstance(saved.get("sums"), dict):
+            return None
+        sums = {name: float(saved["sums"].get(name, 0.0)) for name in LOSS_NAMES}
+        return cls(sums, int(saved.get("count", 0)), float(saved.get("seconds", 0.0)))
+
+
 def train_one_epoch(
     model: torch.nn.Module,
     loader: Iterable[torch.Tensor],
@@ -71,11 +106,14 @@ def train_one_epoch(
     position: EpochPosition | None = None,
     stop: StopRequested | None = None,
     sync_every: int = 1,
+    totals: EpochTotals | None = None,
+    on_step: Callable[[int, torch.Tensor], None] | None = None,
 ) -> tuple[torch.Tensor, dict[str, float], int]:
     """One pass over ``loader``'s batches: per batch one forward, the loss
     ``MSE(prediction, target) + loss_compact·compactness + loss_separate·separateness``,
     one backward and one optimizer step; the memory items move on with every step.
-    (Nine parameters: what the loop steps, how each step runs, and where the epoch stands.)
+    (Eleven parameters: what the loop steps, how each step runs, where the epoch stands,
+    and who watches it.)
 
     Args:
         model: an ``LGNNet``, under torchrun ``distributed.wrap_model``'s wrapper, or a
@@ -91,16 +129,20 @@ def train_one_epoch(
         sync_every: read the losses back (progress bar, non-finite check) every N steps
             only, so that on a GPU the host queues steps without waiting for each (1: every
             step, and a non-finite loss stops the run before its optimizer step).
+        totals: the epoch's sums so far (after a mid-epoch resume), updated in place with
+            this pass's pooled sums; the returned means are then those of the whole epoch.
+        on_step: called after every step with the steps done in the epoch and the step's
+            4 losses ``(4,)`` float64 on the device (process-local; not read back here).
 
     Returns:
         ``(items, mean_losses, steps_done)``, where ``steps_done`` counts from the epoch start
-        and the losses are pooled over all processes.
+        and the losses are pooled over all processes (and over ``totals``' earlier steps).
     """
     runner = model if isinstance(model, StepModel) else StepModel(model)
     settings, position = settings or StepSettings(), position or EpochPosition()
     runner.eager.train()
-    names = ("loss", "pixel", "compact", "separate")
-    totals = torch.zeros(len(names), dtype=torch.float64, device=device)
+    names = LOSS_NAMES
+    sums = torch.zeros(len(names), dtype=torch.float64, device=device)
     first_bad = torch.full((), -1, dtype=torch.long, device=device)  # first non-finite step
     epoch, every = position.epoch, settings.sync_check_every
     count, step = 0, position.start_step
@@ -117,13 +159,15 @@ def train_one_epoch(
         loss, losses, out = runner.step(windows, items, optimizer, settings, check, (epoch, step))
         bad = ~torch.isfinite(loss)
         first_bad = torch.where((first_bad < 0) & bad, step, first_bad)
-        totals += losses
+        sums += losses
         items = out.items
         step += 1
         count += 1
+        if on_step is not None:
+            on_step(step, losses)
         if count % sync_every == 0:  # the only places that wait for the device
             raise_if_not_finite(first_bad, loss, epoch)
-            means = {k: f"{v / count:.4f}" for k, v in zip(names, totals.tolist(), strict=True)}
+            means = {k: f"{v / count:.4f}" for k, v in zip(names, sums.tolist(), strict=True)}
             bar.set_postfix(means)
         if every and step % every == 0:
             check_processes_in_sync(runner.eager, items, f"after epoch {epoch + 1}, step {step}")
@@ -132,8 +176,10 @@ def train_one_epoch(
     bar.close()
     if count:
         raise_if_not_finite(first_bad, loss, epoch)
-    mean = distributed.mean_over_ranks(dict(zip(names, totals.tolist(), strict=True)), count)
-    return items, mean, step
+    pooled = distributed.sum_over_ranks(dict(zip(names, sums.tolist(), strict=True)), count)
+    totals = totals if totals is not None else EpochTotals()
+    totals.add(*pooled)
+    return items, totals.means(), step
 
 
 def raise_if_not_finite(first_bad: torch.Tensor, loss: torch.Tensor, epoch: int) -> None:

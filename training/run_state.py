@@ -57,10 +57,13 @@ def save_run_state(
     args: argparse.Namespace,
     epoch: int,
     step: int,
+    epoch_totals: dict[str, Any] | None = None,
 ) -> None:
     """Write ``checkpoint.pth`` (resumable state at ``epoch``/``step``), ``config.json`` (the
     flags) and the reference-layout ``model.pth`` + ``keys.pt``, each atomically, after
-    removing the temporaries a killed write of this run left.
+    removing the temporaries a killed write of this run left. ``epoch_totals`` (plain data,
+    saved mid-epoch: ``training.loop.EpochTotals.as_data``) lets the resumed epoch log the
+    whole epoch; checkpoints without it still resume.
 
     Under torchrun every process calls this: rank 0 writes (with every process's RNG state)
     while the others wait, so none exits before the files are complete.
@@ -78,6 +81,8 @@ def save_run_state(
             # A mid-epoch step index means "batches of this many processes' shards".
             "world_size": len(rng_by_rank),
         }
+        if epoch_totals is not None:
+            training["epoch_totals"] = epoch_totals
         checkpoint = checkpoint_format.build(
             model, items, (args.h, args.w), epoch=epoch, step=step, args=flags, training=training
         )
