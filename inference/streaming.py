@@ -22,7 +22,7 @@ from tqdm import tqdm
 from common.devices import autocast
 from data.sources import FrameSource, preprocess
 from inference.config import GAMMA
-from inference.test_time import frame_step, read_back
+from inference.frame_step import frame_step, read_back
 from model import LGNNet
 
 

@@ -12,7 +12,7 @@ import torch
 
 from common.devices import autocast
 from common.errors import InputError
-from inference.test_time import DeviceStep, frame_step
+from inference.frame_step import DeviceStep, frame_step
 from model import LGNNet
 from model.lgn_net import Encoded
 from utils import psnr_from_mse
