@@ -38,7 +38,8 @@ class StreamingScorer:
     """Scores frames one at a time with a rolling window of ``t_length`` frames.
 
     Per predicted frame it runs exactly the steps of :func:`inference.video.evaluate_video`
-    (encode the ``t_length - 1`` input frames, read the memory and decode, PSNR of the
+    (encode the ``t_length - 1`` input frames, each frame's per-frame part once for all the
+    windows it is an input of; read the memory and decode, PSNR of the
     prediction, feature distance, test-time memory update when the point score is below
     ``gamma``), so its PSNR and distances equal the benchmark's on the same frames and memory.
     """
@@ -63,11 +64,15 @@ class StreamingScorer:
         self.keep_error_maps = keep_error_maps
         self.device = items.device
         self.window: deque[torch.Tensor] = deque(maxlen=model.t_length)
+        # encode_frames of the window's input frames: each frame is encoded once, when it
+        # becomes an input, and reused by the t_length - 1 windows it belongs to.
+        self.gates: deque[torch.Tensor] = deque(maxlen=model.t_length - 1)
         self.start_video()
 
     def start_video(self) -> None:
         """Forget the window and go back to the trained memory items."""
         self.window.clear()
+        self.gates.clear()
         self.items = self.trained_items
         self.frames_seen = 0
 
@@ -77,12 +82,15 @@ class StreamingScorer:
         still fills (the first ``t_length - 1`` frames of a video)."""
         self.window.append(preprocess(image, self.height, self.width).to(self.device))
         self.frames_seen += 1
+        if len(self.window) >= 2:  # the previous frame is now an input of the next windows
+            with autocast(self.device, self.dtype):
+                self.gates.append(self.model.encode_frames(self.window[-2].unsqueeze(0)))
         if len(self.window) < self.model.t_length:
             return None
         inputs = torch.cat(list(self.window)[:-1], dim=0).unsqueeze(0)
         target = self.window[-1].unsqueeze(0)
         with autocast(self.device, self.dtype):
-            encoded = self.model.encode(inputs)
+            encoded = self.model.encode_with_gates(inputs, list(self.gates))
         step = read_back(
             frame_step(
                 self.model, encoded, target, self.items, self.gamma, self.memory_update, self.dtype
