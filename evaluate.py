@@ -245,15 +245,11 @@ def evaluate_split(
     settings: ScoringSettings,
 ) -> list[VideoResult]:
     """Every test video scored in order (the memory carried over), with a progress bar."""
-    bar = tqdm(total=len(dataset), desc="evaluating", unit="frame", dynamic_ncols=True)
-
-    def advance(result: VideoResult) -> None:
-        bar.update(len(result.labels))
-
-    results, _ = score_test_videos(
-        loaded.model, loaded.items, dataset, labels_by_video, settings, on_video=advance
-    )
-    bar.close()
+    with tqdm(total=len(dataset), desc="evaluating", unit="frame", dynamic_ncols=True) as bar:
+        results, _ = score_test_videos(
+            loaded.model, loaded.items, dataset, labels_by_video, settings,
+            on_video=lambda result: bar.update(len(result.labels)),
+        )  # fmt: skip
     return results
 
 
