@@ -10,6 +10,7 @@ scores never depend on which videos were scored before it.
 
 from __future__ import annotations
 
+import copy
 import sys
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
@@ -17,6 +18,7 @@ from typing import NamedTuple
 
 import numpy as np
 import torch
+from torch import nn
 from tqdm import tqdm
 
 from common.devices import autocast
@@ -32,6 +34,24 @@ class FrameScore(NamedTuple):
     feature_distance: float
     error_map: np.ndarray | None  # (h, w) float32 squared error averaged over channels
     memory_updated: bool
+
+
+def convolutions_cast_to(model: LGNNet, dtype: torch.dtype | None) -> LGNNet:
+    """``model`` itself for fp32; else a copy whose convolution weights and biases are
+    already in ``dtype``.
+
+    Autocast casts every convolution's fp32 weights to ``dtype`` on each call and keeps the
+    casts only until its region ends; scoring frame by frame enters a region per frame, so
+    all 22.7 million weights would be cast again for every frame. The copy holds exactly
+    the values autocast would compute (BatchNorm stays in fp32, as under autocast), so the
+    numbers are the same. Only for use under ``autocast(device, dtype)``."""
+    if dtype is None:
+        return model
+    cast = copy.deepcopy(model)
+    for module in cast.modules():
+        if isinstance(module, nn.Conv2d | nn.ConvTranspose2d):
+            module.to(dtype)  # this module's own weight and bias, not its children's
+    return cast
 
 
 class StreamingScorer:
@@ -56,6 +76,7 @@ class StreamingScorer:
         keep_error_maps: bool = False,
     ) -> None:
         self.model = model.eval()
+        self.network = convolutions_cast_to(self.model, dtype)  # what push runs
         self.trained_items = items
         self.height, self.width = int(height), int(width)
         self.gamma = float(gamma)
@@ -84,16 +105,22 @@ class StreamingScorer:
         self.frames_seen += 1
         if len(self.window) >= 2:  # the previous frame is now an input of the next windows
             with autocast(self.device, self.dtype):
-                self.gates.append(self.model.encode_frames(self.window[-2].unsqueeze(0)))
+                self.gates.append(self.network.encode_frames(self.window[-2].unsqueeze(0)))
         if len(self.window) < self.model.t_length:
             return None
         inputs = torch.cat(list(self.window)[:-1], dim=0).unsqueeze(0)
         target = self.window[-1].unsqueeze(0)
         with autocast(self.device, self.dtype):
-            encoded = self.model.encode_with_gates(inputs, list(self.gates))
+            encoded = self.network.encode_with_gates(inputs, list(self.gates))
         step = read_back(
             frame_step(
-                self.model, encoded, target, self.items, self.gamma, self.memory_update, self.dtype
+                self.network,
+                encoded,
+                target,
+                self.items,
+                self.gamma,
+                self.memory_update,
+                self.dtype,
             )
         )
         self.items = step.items

@@ -164,3 +164,27 @@ def test_per_frame_encoding_is_refused_in_training_mode() -> None:
     result depends on its batch, so it may not be reused."""
     with pytest.raises(RuntimeError, match="eval mode"):
         tiny_model().train().encode_frames(video(2, seed=7))
+
+
+def test_precast_convolutions_give_the_autocast_numbers_exactly(case) -> None:
+    """In bf16 the streaming scorer runs a copy whose convolution weights are cast once,
+    instead of autocast casting them for every frame: the same numbers, bit for bit."""
+    model, items, frames, gamma, _ = case
+    images = [image_of(frame) for frame in frames]
+    precast = StreamingScorer(model, items, HEIGHT, WIDTH, gamma=gamma, dtype=torch.bfloat16)
+    assert precast.network is not model
+    assert precast.network.pred.encoder[0].weight.dtype == torch.bfloat16
+    assert precast.network.pred.encoder[1].weight.dtype == torch.float32  # BatchNorm
+    assert model.pred.encoder[0].weight.dtype == torch.float32  # the model is left alone
+    autocast_casts = StreamingScorer(model, items, HEIGHT, WIDTH, gamma=gamma,
+                                     dtype=torch.bfloat16)  # fmt: skip
+    autocast_casts.network = model
+    for image in images:
+        a, b = precast.push(image), autocast_casts.push(image)
+        if a is None:
+            assert b is None
+            continue
+        assert (a.psnr, a.feature_distance, a.memory_updated) == (
+            b.psnr, b.feature_distance, b.memory_updated,
+        )  # fmt: skip
+    assert torch.equal(precast.items, autocast_casts.items)
