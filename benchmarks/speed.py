@@ -8,9 +8,13 @@ For every size:
 - training, samples per second, through ``training.loop.train_one_epoch`` over
   ``--train_steps`` steps;
 
-each along three paths:
+each along these paths:
 
-- ``plain``: fp32, one window at a time (evaluation) or batch 1 (training), eager;
+- ``reference`` (evaluation only): the official release's order, fp32, one window at a time
+  through the whole forward (``model(window, items, train=False)``), nothing reused between
+  windows, each frame's point score read on the host before the memory update;
+- ``plain``: fp32, one window at a time (evaluation: through ``evaluate_video``, which
+  encodes each frame's per-frame part once for its 4 windows) or batch 1 (training), eager;
 - ``previous``: the default before the CUDA fast path: ``--precision auto``, evaluation batch 8
   with each frame's values read back at once, training batch 6 from a DataLoader with plain
   Adam and the losses read back every step; eager, channels_last on CUDA;
@@ -33,6 +37,7 @@ The first ``--warmup`` passes (compilation, autotuning) are not timed; figures a
 Examples::
 
     python benchmarks/speed.py --sizes 64x64,32x32 --variants none     # a quick look on a CPU
+    python benchmarks/speed.py --sizes 256x256,32x48 --variants bf16   # default vs reference
     python benchmarks/speed.py --sizes 256x256 --device cuda --json results/speed/cuda_256x256.json
 """
 
@@ -81,7 +86,7 @@ class Config:
     """One measurement: a task (``eval``/``train``) at one size along one path."""
 
     task: str  # "eval" or "train"
-    path: str  # "plain", "previous", "default" or a variant name
+    path: str  # "reference", "plain", "previous", "default" or a variant name
     height: int
     width: int
     precision: str  # what --precision would be given: auto, fp32, bf16
@@ -121,14 +126,39 @@ def measure_eval(config: Config, device: torch.device) -> list[float]:
     for index in range(config.warmup + config.repeats):
         synchronize(device)
         start = time.perf_counter()
-        evaluate_video(
-            model, frames, items, gamma=math.inf, batch_size=config.batch, dtype=dtype,
-            functions=functions, sync_each_frame=not config.fast,
-        )  # fmt: skip
+        if config.path == "reference":
+            score_in_reference_order(model, frames, items, gamma=math.inf)
+        else:
+            evaluate_video(
+                model, frames, items, gamma=math.inf, batch_size=config.batch, dtype=dtype,
+                functions=functions, sync_each_frame=not config.fast,
+            )  # fmt: skip
         synchronize(device)
         if index >= config.warmup:
             per_frame.append((time.perf_counter() - start) / config.units)
     return per_frame
+
+
+@torch.no_grad()
+def score_in_reference_order(
+    model: Any, frames: torch.Tensor, items: torch.Tensor, gamma: float
+) -> list[float]:
+    """The official release's test loop over frames ``(T, c, H, W)`` in [-1, 1]: per window
+    the whole forward, the PSNR and point score read on the host, then the memory update
+    when the point score is below ``gamma``. Returns the PSNRs (dB)."""
+    from model.memory import update_memory
+    from utils import frame_errors, point_score, psnr_from_mse
+
+    context = model.t_length - 1
+    psnrs = []
+    for start in range(frames.shape[0] - context):
+        window = frames[start : start + context].flatten(0, 1).unsqueeze(0)
+        out = model(window, items, train=False)
+        errors = frame_errors(out.prediction, frames[start + context].unsqueeze(0))
+        psnrs.append(psnr_from_mse(float(errors.mean())))
+        if point_score(errors) < gamma:
+            items = update_memory(out.queries, items)
+    return psnrs
 
 
 def measure_train(config: Config, device: torch.device) -> list[float]:
@@ -274,7 +304,8 @@ def plan(args: argparse.Namespace, device: torch.device, threads: int) -> list[C
             "device": str(device),
             "threads": threads,
         }
-        paths = [("plain", "fp32", 1, False, False)]
+        paths = [("reference", "fp32", 1, False, False)] if task == "eval" else []
+        paths.append(("plain", "fp32", 1, False, False))
         if cuda:
             paths.append(("previous", "auto", previous_batch, False, True))
         paths.append(("default", "auto", default_batch, cuda, cuda))
@@ -305,7 +336,7 @@ def summarise(results: list[dict[str, Any]], flops: dict, peak_rate: float) -> N
             flops_per_unit = size_flops["train_per_sample"]
         result["fraction_of_floor"] = flops_per_unit / peak_rate * result["rate"]
     for result in results:
-        for base_path in ("plain", "previous"):
+        for base_path in ("reference", "plain", "previous"):
             base = [r for r in results if r["path"] == base_path and all(
                 r[key] == result[key] for key in ("task", "height", "width"))]  # fmt: skip
             ratio = result["rate"] / base[0]["rate"] if base else None
@@ -338,9 +369,10 @@ def print_report(report: dict[str, Any]) -> None:
             continue
         print(f"\n{title} ({unit}, median of {rows[0]['repeats']} timed passes)")
         print(f"{'size':>9}  {'path':<13}{'prec':<5}{'batch':>5}  {'format':<8}{unit:>11}"
-              f"{'vs plain':>10}{'vs prev.':>10}{'of floor':>10}  peak MiB")  # fmt: skip
+              f"{'vs ref.':>10}{'vs plain':>10}{'vs prev.':>10}{'of floor':>10}"
+              "  peak MiB")  # fmt: skip
         for r in rows:
-            keys = ("speedup_vs_plain", "speedup_vs_previous")
+            keys = ("speedup_vs_reference", "speedup_vs_plain", "speedup_vs_previous")
             ratios = [f"{r[k]:.2f}x" if r[k] else "-" for k in keys]
             memory = f"{r['peak_memory_bytes'] / MIB:.0f}"
             if r["process_base_bytes"]:
@@ -348,6 +380,7 @@ def print_report(report: dict[str, Any]) -> None:
             fmt = "ch_last" if r["channels_last"] else "contig"
             print(f"{r['height']:>5}x{r['width']:<3}  {r['path']:<13}{r['precision_used']:<5}"
                   f"{r['batch']:>5}  {fmt:<8}{r['rate']:>11.3f}{ratios[0]:>10}{ratios[1]:>10}"
+                  f"{ratios[2]:>10}"
                   f"{100 * r['fraction_of_floor']:>9.2f}%  {memory}")  # fmt: skip
     print(
         "\npeak MiB: "
@@ -359,7 +392,7 @@ def print_report(report: dict[str, Any]) -> None:
 
 def get_args_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="speed.py", description=__doc__.split("\n")[0])
-    parser.add_argument("--sizes", default="256x256,64x64", help="HxW list, multiples of 8")
+    parser.add_argument("--sizes", default="256x256,32x48", help="HxW list, multiples of 8")
     parser.add_argument(
         "--frames",
         type=int,

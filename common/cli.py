@@ -15,6 +15,7 @@ from typing import Any
 
 from common.devices import PRECISIONS
 from common.errors import InputError
+from common.progress import close_progress_bars
 
 
 class Terminated(KeyboardInterrupt):
@@ -59,11 +60,13 @@ def run_cli(main: Callable[[Any], Any], args: Any) -> None:
     try:
         main(args)
     except InputError as error:
+        close_progress_bars()
         if getattr(args, "debug", False):
             raise
         print(f"error: {error}", file=sys.stderr)
         sys.exit(2)
     except KeyboardInterrupt as stop:
+        close_progress_bars()
         if getattr(args, "debug", False):
             raise
         print("\ninterrupted: outputs not finished were not written", file=sys.stderr)

@@ -37,6 +37,7 @@ from tqdm import tqdm
 from common.download import download_file, file_sha256
 from common.errors import InputError
 from common.outputs import check_outputs
+from common.progress import close_progress_bars
 from data.archives import ARCHIVE_SUFFIXES, extract_archive, is_archive
 from data.frames import find_split_dir, list_videos, natural_sort_key
 from data.labels import load_frame_labels, write_ano_pred_mat
@@ -513,9 +514,11 @@ def main(argv: Sequence[str] | None = None) -> int:
             args.dataset, args.root, args.source, args.keep_archive, progress=not args.quiet
         )
     except InputError as error:
+        close_progress_bars()
         print(f"error: {error}", file=sys.stderr)
         raise SystemExit(2) from None
     except KeyboardInterrupt:
+        close_progress_bars()
         print("\ninterrupted: nothing was installed; run again to resume", file=sys.stderr)
         raise SystemExit(130) from None
     print(_summary(dataset_dir))

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import NamedTuple
 
 import torch
@@ -110,10 +110,39 @@ class LGNNet(nn.Module):
             frames: ``(B, (t_length-1)*c, H, W)`` in [-1, 1], input frames in time order.
         """
         self.check_input(frames)
-        features = self.encoder(frames)
-        hidden, memory = self.pred(frames)
-        spatiotemporal = self.st_decoder(torch.cat([hidden, memory], dim=1))
-        return Encoded(features, spatiotemporal)
+        return self._encoded(self.encoder(frames), self.pred(frames))
+
+    def encode_frames(self, frames: torch.Tensor) -> torch.Tensor:
+        """The per-frame part of :meth:`encode` (eval mode only): the spatiotemporal branch's
+        frame encoder and its first cell's input convolution, ``(N, c, H, W)`` single frames
+        in [-1, 1] to ``(N, 7*hidden, H/4, W/4)``. A frame's result is the same in every
+        window it belongs to (BatchNorm uses its running statistics), so scorers compute it
+        once per frame and pass it to :meth:`encode_with_gates` for each window."""
+        if self.training:
+            raise RuntimeError(
+                "encode_frames is for eval mode: in training BatchNorm normalises each time "
+                "step's frames with that step's batch statistics (use encode)"
+            )
+        return self.pred.frame_gates(frames)
+
+    def encode_with_gates(self, frames: torch.Tensor, gates: Sequence[torch.Tensor]) -> Encoded:
+        """:meth:`encode` of windows whose per-frame part is already computed.
+
+        Args:
+            frames: ``(B, (t_length-1)*c, H, W)`` in [-1, 1], the windows' input frames.
+            gates: ``t_length - 1`` tensors ``(B, 7*hidden, H/4, W/4)``: :meth:`encode_frames`
+                of each window's input frames, in time order.
+
+        Equals ``encode(frames)`` up to the rounding of convolutions batched differently.
+        """
+        self.check_input(frames)
+        if len(gates) != self.t_length - 1:
+            raise ValueError(f"expected {self.t_length - 1} gate tensors, got {len(gates)}")
+        return self._encoded(self.encoder(frames), self.pred.recurrence(gates))
+
+    def _encoded(self, features: torch.Tensor, local: tuple[torch.Tensor, torch.Tensor]) -> Encoded:
+        hidden, memory = local
+        return Encoded(features, self.st_decoder(torch.cat([hidden, memory], dim=1)))
 
     def decode(self, memory_read: torch.Tensor, spatiotemporal: torch.Tensor) -> torch.Tensor:
         """Predicted next frame ``(B, c, H, W)`` in [-1, 1] from the memory read

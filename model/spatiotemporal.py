@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import torch
 from torch import nn
 
@@ -32,8 +34,23 @@ class SpatioTemporalBranch(nn.Module):
             SpatioTemporalLSTMCell(hidden, hidden) for _ in range(num_layers)
         )
 
+    def frame_gates(self, frames: torch.Tensor) -> torch.Tensor:
+        """The first cell's input convolution of each encoded frame, frame by frame.
+
+        Args:
+            frames: ``(N, channels, H, W)``, single frames (of one or several windows).
+
+        Returns:
+            ``(N, 7*hidden, H/4, W/4)``.
+
+        In eval mode BatchNorm uses its running statistics, so a frame's result does not
+        depend on the other frames of the batch, nor on the window it belongs to: evaluation
+        computes it once per frame and reuses it in every window (``LGNNet.encode_frames``).
+        """
+        return self.convlstm_list[0].conv_x(self.encoder(frames))
+
     def input_gates(self, frames: torch.Tensor) -> list[torch.Tensor]:
-        """The first cell's input convolution of every encoded frame, in time order.
+        """:meth:`frame_gates` of every input frame of each window, in time order.
 
         Args:
             frames: ``(B, T*channels, H, W)``, T input frames stacked on channels.
@@ -50,16 +67,12 @@ class SpatioTemporalBranch(nn.Module):
         """
         batch, stacked, height, width = frames.shape
         steps = stacked // self.channels
-        first_cell = self.convlstm_list[0]
         if self.training:
             return [
-                first_cell.conv_x(
-                    self.encoder(frames[:, t * self.channels : (t + 1) * self.channels])
-                )
+                self.frame_gates(frames[:, t * self.channels : (t + 1) * self.channels])
                 for t in range(steps)
             ]
-        per_frame = frames.reshape(batch * steps, self.channels, height, width)
-        gates = first_cell.conv_x(self.encoder(per_frame))
+        gates = self.frame_gates(frames.reshape(batch * steps, self.channels, height, width))
         return list(gates.reshape(batch, steps, *gates.shape[1:]).unbind(1))
 
     def forward(self, frames: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -72,7 +85,18 @@ class SpatioTemporalBranch(nn.Module):
             ``(h, m)``: the last layer's hidden state and the final spatiotemporal memory,
             each ``(B, hidden, H/4, W/4)``.
         """
-        gates = self.input_gates(frames)
+        return self.recurrence(self.input_gates(frames))
+
+    def recurrence(self, gates: Sequence[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+        """The stacked ST-LSTMs over precomputed input gates, from zero states.
+
+        Args:
+            gates: T tensors ``(B, 7*hidden, H/4, W/4)``, :meth:`frame_gates` of each
+                window's input frames in time order.
+
+        Returns:
+            ``(h, m)`` as :meth:`forward`.
+        """
         zeros = gates[0].new_zeros(gates[0].shape[0], self.hidden, *gates[0].shape[-2:])
         hidden = [zeros] * len(self.convlstm_list)
         cell = [zeros] * len(self.convlstm_list)

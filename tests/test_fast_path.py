@@ -172,9 +172,11 @@ def test_the_device_side_gate_updates_exactly_where_the_host_side_loop_does() ->
 
     scores = evaluate_video(model, frames, items, gamma, batch_size=1)
     assert scores.memory_updates == sum(updated)
-    np.testing.assert_allclose(scores.psnr, psnr, rtol=1e-12)
-    np.testing.assert_allclose(scores.feature_distance, distance, rtol=1e-12)
-    assert torch.equal(scores.items, final_items)
+    # evaluate_video encodes each frame once for all its windows, in other batches than the
+    # loop's windows: the convolutions round differently, nothing more.
+    np.testing.assert_allclose(scores.psnr, psnr, rtol=1e-6)
+    np.testing.assert_allclose(scores.feature_distance, distance, rtol=1e-6)
+    torch.testing.assert_close(scores.items, final_items, rtol=1e-6, atol=1e-7)
 
 
 @pytest.mark.slow_compile
