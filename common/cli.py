@@ -55,11 +55,18 @@ class _GivenFlagsParser(argparse.ArgumentParser):
             return super().parse_known_args(args, namespace)
         # argparse fills in a default only where the namespace lacks the attribute, so a
         # namespace preset to a marker shows, after parsing, which flags were given.
-        marker = _NotGiven()
-        dests = {action.dest for action in self._actions if action.dest != argparse.SUPPRESS}
-        probe = argparse.Namespace(**dict.fromkeys(dests, marker))
-        probed, _ = super().parse_known_args(args, probe)
-        given = sorted(dest for dest in dests if getattr(probed, dest) is not marker)
+        # Actions that add to the value already there (append, extend, count) start from
+        # None instead, which they accept.
+        adding = (argparse._AppendAction, argparse._CountAction)  # extend is an append
+        markers = {
+            action.dest: None if isinstance(action, adding) else _NotGiven()
+            for action in self._actions
+            if action.dest != argparse.SUPPRESS
+        }
+        probed, _ = super().parse_known_args(args, argparse.Namespace(**markers))
+        given = sorted(
+            dest for dest, marker in markers.items() if getattr(probed, dest) is not marker
+        )
         parsed, extras = super().parse_known_args(args, None)
         parsed.given_flags = given
         return parsed, extras

@@ -13,6 +13,7 @@ import torch
 from conftest import TINY_TRAIN_FLAGS, one_line_error, train_tiny
 
 import train
+from common import cli
 from training.loop import StopRequested
 
 # Two steps an epoch on the tiny dataset's 41 windows: few steps keep these runs short.
@@ -138,3 +139,12 @@ def test_a_named_configuration_does_not_replace_a_resumed_run_s_settings(
     assert "--config demo ignored" in capsys.readouterr().err
     assert saved(run_dir)["frame_size"] == [16, 24] and saved(run_dir)["epoch"] == 2
     assert not (tmp_path / "demo").exists()
+
+
+def test_the_parser_records_the_flags_given_whatever_the_defaults() -> None:
+    """Given = typed (abbreviations too), including a value equal to the default; a named
+    configuration's values are defaults, not given."""
+    args = train.parse_args(["--config", "demo", "--h", "256", "--epoch", "3", "--seed", "0"])
+    assert cli.given_flags(args) == {"config", "h", "epochs", "seed"}
+    assert (args.h, args.w, args.epochs, args.dataset_type) == (256, 48, 3, "demo")
+    assert cli.given_flags(train.parse_args([])) == set()
