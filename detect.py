@@ -36,6 +36,7 @@ from common import cli
 from common.devices import precision_name, resolve_device, resolve_precision
 from common.errors import InputError
 from common.outputs import check_outputs
+from data.datasets import check_dataset_folder
 from data.sources import dataset_sources, local_input, open_input
 from inference.calibration import (
     calibrate,
@@ -132,6 +133,8 @@ def validate_args(args: argparse.Namespace) -> None:
     """Flags that cannot work together or cannot be used, before anything is read."""
     if (args.input is None) == (args.dataset is None):
         raise InputError("give exactly one of --input (video, folder, URL, camera) or --dataset")
+    if args.dataset is not None:
+        check_dataset_folder(Path(args.dataset))
     if not args.checkpoint and not (args.model_dir and args.m_items_dir):
         raise InputError("give --checkpoint (a checkpoint.pth written by train.py)")
     if not args.checkpoint and not (args.calibrate and args.output_checkpoint):

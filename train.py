@@ -39,6 +39,7 @@ from data.device_frames import DeviceWindows
 from data.frame_store import add_frames_flag, choose_frames
 from data.frames import FrameWindowDataset, find_split_dir, list_videos
 from inference.config import FALSE_ALARM_RATE
+from model import checkpoint as checkpoint_format
 from model.config import ModelConfig, check_frame_size
 from training import distributed
 from training.config import NAMED_CONFIGS, TrainConfig
@@ -58,6 +59,7 @@ from training.monitor import (
     open_test_evaluation,
     plot_training_curves,
 )
+from training.resume_args import resumed_args
 from training.run_state import (
     append_log,
     check_run_dir,
@@ -274,11 +276,50 @@ def check_outputs_and_inputs(
     return run_dir
 
 
+def resumed_checkpoint(args: argparse.Namespace) -> Path | None:
+    """The checkpoint ``--resume`` continues, when it exists: the one named, else the run's
+    own, ``<output_root>/<dataset_type>/<exp_dir>/checkpoint.pth``; without ``--dataset_type``
+    the data set whose folder holds ``--exp_dir``'s run."""
+    if args.resume is None:
+        return None
+    if args.resume != "auto":
+        return Path(args.resume) if Path(args.resume).is_file() else None
+    runs = Path(args.output_root)
+    own = runs / args.dataset_type / args.exp_dir / "checkpoint.pth"
+    if own.is_file() or "dataset_type" in cli.given_flags(args):
+        return own if own.is_file() else None
+    found = [name for name in DATASET_TYPES if (runs / name / args.exp_dir / own.name).is_file()]
+    if len(found) > 1:
+        raise InputError(
+            f"--resume: runs named {args.exp_dir} exist for {' and '.join(found)} under "
+            f"{runs}; say which with --dataset_type"
+        )
+    return runs / found[0] / args.exp_dir / "checkpoint.pth" if found else None
+
+
+def with_resumed_settings(args: argparse.Namespace) -> argparse.Namespace:
+    """``args`` as the run ``--resume`` continues was saved, apart from the flags given
+    (see ``training.resume_args``); ``args`` itself for a new run."""
+    path = resumed_checkpoint(args)
+    if path is None:
+        return args
+    if args.resume == "auto":  # the run's folder says its data set, as if given
+        given = sorted({*cli.given_flags(args), "dataset_type"})
+        args = argparse.Namespace(**{**vars(args), "given_flags": given})
+        args.dataset_type = path.parent.parent.name
+    merged, lines = resumed_args(args, checkpoint_format.read(path, resumable=True), path)
+    for line in lines:
+        print(line, file=sys.stderr)
+    validate_args(merged)
+    return merged
+
+
 def train_this_process(
     args: argparse.Namespace, device: torch.device, run_lock: contextlib.ExitStack | None = None
 ) -> Path:
     """The training run of this process (of ``distributed.world_size()``); rank 0 holds the
     run folder's lock in ``run_lock``."""
+    args = distributed.share_from_main(lambda: with_resumed_settings(args))
     # The output folder may exist on rank 0's machine only: rank 0 alone creates and reads it.
     run_dir = distributed.share_from_main(lambda: check_outputs_and_inputs(args, run_lock))
     resume = distributed.share_from_main(

@@ -43,12 +43,47 @@ class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
         return super()._get_help_string(action)
 
 
+class _NotGiven:
+    """Stands in, while parsing, for every flag the command line has not given."""
+
+
+class _GivenFlagsParser(argparse.ArgumentParser):
+    """An ``ArgumentParser`` whose namespaces also record which flags the command line gave
+    (see :func:`given_flags`), whatever the defaults are (a named configuration's included)."""
+
+    def parse_known_args(self, args=None, namespace=None):  # type: ignore[override]
+        if namespace is not None:
+            return super().parse_known_args(args, namespace)
+        # argparse fills in a default only where the namespace lacks the attribute, so a
+        # namespace preset to a marker shows, after parsing, which flags were given.
+        # Actions that add to the value already there (append, extend, count) start from
+        # None instead, which they accept.
+        adding = (argparse._AppendAction, argparse._CountAction)  # extend is an append
+        markers = {
+            action.dest: None if isinstance(action, adding) else _NotGiven()
+            for action in self._actions
+            if action.dest != argparse.SUPPRESS
+        }
+        probed, _ = super().parse_known_args(args, argparse.Namespace(**markers))
+        given = sorted(
+            dest for dest, marker in markers.items() if getattr(probed, dest) is not marker
+        )
+        parsed, extras = super().parse_known_args(args, None)
+        parsed.given_flags = given
+        return parsed, extras
+
+
+def given_flags(args: Any) -> set[str]:
+    """The destinations of the flags the command line gave explicitly (a parser of
+    :func:`argument_parser` records them); empty for a namespace built another way."""
+    return set(getattr(args, "given_flags", None) or ())
+
+
 def argument_parser(prog: str, description: str) -> argparse.ArgumentParser:
     """An ``ArgumentParser`` for one of the command lines: ``prog`` names the script in the
-    usage line, and ``--help`` shows the defaults."""
-    return argparse.ArgumentParser(
-        prog=prog, description=description, formatter_class=_HelpFormatter
-    )
+    usage line, ``--help`` shows the defaults, and the namespace records which flags were
+    given (:func:`given_flags`)."""
+    return _GivenFlagsParser(prog=prog, description=description, formatter_class=_HelpFormatter)
 
 
 def run_cli(main: Callable[[Any], Any], args: Any) -> None:

@@ -473,6 +473,12 @@ def _mapped_file(frames: np.ndarray) -> str | os.PathLike | None:
     return frames.filename if isinstance(frames, np.memmap) else None
 
 
+def skipped_video_line(name: str, num_frames: int, t_length: int) -> str:
+    """The one line that says a video is too short to give a window and is left out."""
+    frames = f"{num_frames} frame{'' if num_frames == 1 else 's'}"
+    return f"skipping video {name}: {frames}, fewer than the {t_length} of one window (--t_length)"
+
+
 class FrameWindowDataset(torch.utils.data.Dataset):
     """Every run of ``t_length`` consecutive frames (stride 1) of every video.
 
@@ -511,11 +517,7 @@ class FrameWindowDataset(torch.utils.data.Dataset):
         self.skipped: list[str] = []
         for video in videos:
             if len(video) < self.t_length:
-                warnings.warn(
-                    f"skipping video {video.name!r}: {len(video)} frames, fewer than "
-                    f"t_length={self.t_length}",
-                    stacklevel=2,
-                )
+                print(skipped_video_line(video.name, len(video), self.t_length), file=sys.stderr)
                 self.skipped.append(video.name)
             else:
                 self.videos.append(video)

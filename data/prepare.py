@@ -1,6 +1,7 @@
 """Download the benchmark data sets and convert them to the frame trees the loaders read.
 
     python -m data.prepare {ped2,avenue,shanghai} --root <dir> [--source <archive or folder>]...
+        [--overwrite]
 
 Output, under ``<root>/<dataset>/``:
 
@@ -15,7 +16,8 @@ with ``--keep_archive``, deleted after a successful conversion otherwise; an int
 download resumes). ``--source`` takes archives (.tar.gz, .tgz, .tar, .zip) or extracted
 folders, and may be repeated (Avenue's videos and ground truth are separate archives).
 Everything is built in a temporary folder inside ``<root>`` and renamed into place at the
-end, so a failure never leaves a half-prepared data set where a good one was.
+end, so a failure never leaves a half-prepared data set where a good one was. An existing
+``<root>/<dataset>/`` is replaced only with ``--overwrite``.
 """
 
 from __future__ import annotations
@@ -404,12 +406,44 @@ def _replace_dir(new: Path, target: Path) -> None:
     shutil.rmtree(previous)
 
 
+# How many of the files an existing data set folder would lose a refusal names.
+NAMED_LOSSES = 3
+
+
+def files_only_in(old: Path, new: Path) -> list[str]:
+    """The files under ``old`` (paths relative to it, ``/``-separated, in name order) that
+    have no counterpart at the same place under ``new``."""
+    return sorted(
+        path.relative_to(old).as_posix()
+        for path in old.rglob("*")
+        if not path.is_dir() and not (new / path.relative_to(old)).exists()
+    )
+
+
+def check_replaceable(target: Path, new: Path, overwrite: bool) -> None:
+    """Refuse, unless ``overwrite``, to replace the existing data set folder ``target`` with
+    the freshly built ``new``, naming what ``target`` holds that ``new`` would not."""
+    if overwrite or not target.exists():
+        return
+    lost = files_only_in(target, new)
+    if lost:
+        shown = ", ".join(lost[:NAMED_LOSSES]) + (", ..." if len(lost) > NAMED_LOSSES else "")
+        plural = "s" if len(lost) > 1 else ""
+        held = f"holds {len(lost)} file{plural} the new one would not ({shown})"
+    else:
+        held = "exists (every file in it would be replaced)"
+    raise InputError(
+        f"{target} already {held}; replace it with --overwrite, or give another --root"
+    )
+
+
 def prepare(
     dataset: str,
     root: Path,
     sources: Sequence[Path] | None = None,
     keep_archive: bool = False,
     progress: bool = True,
+    overwrite: bool = False,
 ) -> Path:
     """Build ``<root>/<dataset>/`` (see the module docstring) and return that path.
 
@@ -420,6 +454,9 @@ def prepare(
             (not possible for ShanghaiTech).
         keep_archive: keep downloaded archives in ``<root>/downloads/`` after success.
         progress: show progress bars.
+        overwrite: replace an existing ``<root>/<dataset>/`` (refused otherwise, after the
+            new one is built, naming what the old one holds that the new one would not;
+            downloaded archives are then kept for the next run).
     """
     if dataset not in CONVERTERS:
         raise InputError(f"unknown dataset {dataset!r}; choose one of {', '.join(DATASETS)}")
@@ -456,6 +493,7 @@ def prepare(
     try:
         roots = _inputs(sources, work / "extracted", progress)
         CONVERTERS[dataset](roots, work / dataset, progress)
+        check_replaceable(target, work / dataset, overwrite)
         _replace_dir(work / dataset, target)
     finally:
         shutil.rmtree(work, ignore_errors=True)
@@ -503,16 +541,24 @@ def get_args_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="keep downloaded archives in <root>/downloads/ (deleted after success otherwise)",
     )
+    parser.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace an existing <root>/<dataset>/ (refused otherwise, naming what it holds "
+        "that the new one would not)",
+    )
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = get_args_parser().parse_args(argv)
+    existed = (args.root / args.dataset).exists()
     try:
         dataset_dir = prepare(
-            args.dataset, args.root, args.source, args.keep_archive, progress=not args.quiet
-        )
+            args.dataset, args.root, args.source, args.keep_archive, progress=not args.quiet,
+            overwrite=args.overwrite,
+        )  # fmt: skip
     except InputError as error:
         close_progress_bars()
         print(f"error: {error}", file=sys.stderr)
@@ -521,6 +567,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         close_progress_bars()
         print("\ninterrupted: nothing was installed; run again to resume", file=sys.stderr)
         raise SystemExit(130) from None
+    if existed:
+        print(f"replaced the earlier {dataset_dir} (--overwrite)", file=sys.stderr)
     print(_summary(dataset_dir))
     return 0
 

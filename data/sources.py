@@ -139,8 +139,8 @@ def image_folder_source(name: str, paths: Sequence[Path]) -> FrameSource:
 
 
 FRAMES_CONTRACT = (
-    "frames (T, H, W, 3) in BGR order (or grey (T, H, W)) as uint8 in [0, 255] or floats in "
-    "[0, 1]: a NumPy array, a torch tensor or a list of frames"
+    "frames (T, H, W, 3) in BGR order (or grey (T, H, W) or (T, H, W, 1)) as integers in "
+    "[0, 255] or floats in [0, 1]: a NumPy array, a torch tensor or a list of frames"
 )
 
 
@@ -163,12 +163,24 @@ def _as_numpy(frames: object) -> np.ndarray:
     return np.asarray(frames)
 
 
+def _not_finite(array: np.ndarray) -> str | None:
+    """How many values of a float ``array`` are NaN or infinite, in words; None if none."""
+    counts = {"NaN": int(np.isnan(array).sum()), "infinite": int(np.isinf(array).sum())}
+    parts = [f"{count} {kind}" for kind, count in counts.items() if count]
+    return f"{' and '.join(parts)} of its {array.size} values" if parts else None
+
+
 def checked_frames(frames: object) -> np.ndarray:
     """Frames given in memory as BGR uint8 ``(T, H, W, 3)``, converted exactly where the
-    input is unambiguous (floats in [0, 1]: ``round(x * 255)``; other integer types within
-    [0, 255]; grey ``(T, H, W)`` or ``(T, H, W, 1)``; BGRA), else refused with one line saying
-    what was given and what is expected (:data:`FRAMES_CONTRACT`): a single frame, channels
-    first, floats outside [0, 1], 16-bit values, NaN.
+    input is unambiguous, else refused with one line saying what was given and what is
+    expected (:data:`FRAMES_CONTRACT`).
+
+    Converted: floats in [0, 1] (any float dtype) to ``round(x * 255)``; any integer dtype
+    (int64, uint16, ...) whose values lie in [0, 255] to the same uint8 values; grey
+    ``(T, H, W)`` or ``(T, H, W, 1)`` to B = G = R = the grey value. Refused: a single frame,
+    channels first, 4 channels (BGRA or RGBA: the alpha channel is not dropped silently),
+    floats outside [0, 1], NaN or infinite values, integers outside [0, 255] (16-bit
+    footage), booleans.
 
     The channel order cannot be checked: RGB frames must be flipped first (``rgb[..., ::-1]``).
     """
@@ -183,15 +195,28 @@ def checked_frames(frames: object) -> np.ndarray:
         )
     if array.ndim not in (3, 4) or (array.ndim == 4 and array.shape[-1] not in (1, 3, 4)):
         raise InputError(f"got {given}; expected {FRAMES_CONTRACT}")
+    if array.ndim == 4 and array.shape[-1] == 4:
+        raise InputError(
+            f"got 4 channels ({given}); the 4th (alpha) is not part of the picture and is not "
+            "dropped silently: pass frames[..., :3] for BGRA or frames[..., 2::-1] for RGBA; "
+            f"expected {FRAMES_CONTRACT}"
+        )
     if array.shape[0] == 0:
         raise InputError(f"got no frames ({given}); expected {FRAMES_CONTRACT}")
     if array.dtype == np.uint8:
         if array.ndim == 4 and array.shape[-1] == 3:
             return array
-        return np.stack([to_bgr(frame) for frame in array])  # grey or BGRA
+        return np.stack([to_bgr(frame) for frame in array])  # grey
     if np.issubdtype(array.dtype, np.floating):
-        if not np.isfinite(array).all() or array.min(initial=0) < 0 or array.max(initial=0) > 1:
-            low, high = np.nanmin(array), np.nanmax(array)
+        not_finite = _not_finite(array)
+        if not_finite:
+            raise InputError(
+                f"got {given} with {not_finite}; frames must be finite, float frames in "
+                "[0, 1] (replace them first, e.g. np.nan_to_num(frames, nan=0.0, posinf=1.0, "
+                f"neginf=0.0), if they are missing pixels); expected {FRAMES_CONTRACT}"
+            )
+        if array.min(initial=0) < 0 or array.max(initial=0) > 1:
+            low, high = array.min(), array.max()
             raise InputError(
                 f"got {given} with values in [{low:g}, {high:g}]; float frames must lie in "
                 f"[0, 1] (for [0, 255] pass frames.astype(np.uint8); for [-1, 1], "

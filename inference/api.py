@@ -11,8 +11,11 @@ What ``score`` accepts (anything else is refused with one line saying what was g
 - a path to a video file or to a folder of frame images;
 - frames in memory: a NumPy array, a torch tensor (any device) or a list of equal frames,
   shaped ``(T, H, W, 3)`` in **BGR** order (OpenCV's; flip RGB with ``rgb[..., ::-1]``) or
-  grey ``(T, H, W)``, as uint8 in [0, 255] or floats in [0, 1] (converted exactly to uint8),
-  of any size (resized to the trained size); at least ``t_length`` frames.
+  grey ``(T, H, W)`` / ``(T, H, W, 1)`` (copied to B, G and R), as integers in [0, 255]
+  (any integer dtype: the same values as uint8) or floats in [0, 1] (``round(x * 255)``), of
+  any size (resized to the trained size); at least ``t_length`` frames. Four channels
+  (BGRA/RGBA: drop alpha yourself), NaN or infinite values and values out of range are
+  refused (``data.sources.checked_frames``).
 
 The numbers are those of ``evaluate.py`` on the same frames: the benchmark protocol (test-time
 memory updates below ``gamma``, normality fused by per-video min-max normalisation). Each call

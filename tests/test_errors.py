@@ -298,13 +298,13 @@ def test_resume_from_a_checkpoint_that_does_not_fit_names_file_and_entry(
     message = input_error(train.main, args)
     assert weights_only in message and "'optimizer'" in message
 
-    # A run with other sizes: its items and weights do not fit this model.
+    # Other sizes than the run's: refused, naming the run's (tests/test_resume_settings.py).
     args = train_args(dataset_root, output_root, "--epochs", "2", "--resume", "--msize", "5")
     message = input_error(train.main, args)
-    assert str(own) in message and "(4, 64)" in message and "(5, 64)" in message
+    assert str(own) in message and "--msize 5: the run has --msize 4" in message
     args = train_args(dataset_root, output_root, "--epochs", "2", "--resume", "--t_length", "3")
     message = input_error(train.main, args)
-    assert str(own) in message and "'encoder.moduleConv1.0.weight'" in message
+    assert str(own) in message and "--t_length 3: the run has --t_length 2" in message
 
 
 # --------------------------------------------------------------------------- flags and outputs

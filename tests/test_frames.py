@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import warnings
 from pathlib import Path
 
 import cv2
@@ -153,14 +154,20 @@ def test_windows_cover_every_start_and_match_independent_decoding(tmp_path):
     np.testing.assert_array_equal(whole[8], decode_frame(dataset.videos[2].frame_paths[8], H, W))
 
 
-def test_short_video_is_skipped_with_a_warning(tmp_path):
+def test_short_videos_are_skipped_with_one_plain_line_each(tmp_path, capsys):
     _make_video(tmp_path / "01", 6)
     _make_video(tmp_path / "02", 3)
-    with pytest.warns(UserWarning, match="02"):
+    _make_video(tmp_path / "03", 1)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # a line, not a warning with its source line
         dataset = FrameWindowDataset(list_videos(tmp_path), H, W, t_length=5)
     assert [video.name for video in dataset.videos] == ["01"]
-    assert dataset.skipped == ["02"]
+    assert dataset.skipped == ["02", "03"]
     assert len(dataset) == 2
+    assert capsys.readouterr().err.splitlines() == [
+        "skipping video 02: 3 frames, fewer than the 5 of one window (--t_length)",
+        "skipping video 03: 1 frame, fewer than the 5 of one window (--t_length)",
+    ]
 
 
 def test_open_split_finds_the_videos(tmp_path):

@@ -313,7 +313,7 @@ def test_avenue_download_keeps_archives_and_reuses_them(tmp_path, http_root, mon
     assert requests == ["/Avenue_Dataset.zip", "/ground_truth_demo.zip"]
     # A second run converts the kept archives again without downloading them.
     (root / "avenue" / "marker").write_text("old")
-    prep.main(["avenue", "--root", str(root), "--quiet"])
+    prep.main(["avenue", "--root", str(root), "--quiet", "--overwrite"])
     check_avenue(root / "avenue")
     assert not (root / "avenue" / "marker").exists()
     assert len(requests) == 2

@@ -99,7 +99,7 @@ def run_flags(args: argparse.Namespace) -> dict[str, Any]:
     return {
         key: value if isinstance(value, plain) else str(value)
         for key, value in vars(args).items()
-        if key != "typed_flags"
+        if key not in ("typed_flags", "given_flags")
     }
 
 
