@@ -122,7 +122,9 @@ def export_weights(checkpoint: str | Path, output: str | Path) -> dict[str, Any]
     """Write the inference part of a ``train.py`` checkpoint to ``output`` (atomically; see
     :func:`model.checkpoint.for_publishing`). The output may not be the checkpoint itself.
     Returns what was written."""
-    check_outputs({"output": output}, inputs={"checkpoint": checkpoint})
+    check_outputs(
+        {"output": output}, inputs={"checkpoint": checkpoint}, kinds={"output": "checkpoint"}
+    )
     saved = checkpoint_format.read(checkpoint)
     published = checkpoint_format.for_publishing(saved, str(checkpoint))
     checkpoint_format.write(published, output)
