@@ -429,3 +429,11 @@ def test_a_damaged_cached_download_names_the_file_to_delete(serve, tmp_path, mon
     assert message.endswith(
         f"cached download of {url}: delete {cache_path_for(url)} to download it again"
     )
+
+
+def test_a_file_url_with_a_nul_byte_is_one_line(tmp_path):
+    from model.pretrained import local_path, resolve_checkpoint
+
+    url = (tmp_path / "a").as_uri() + "%00b.pth"
+    for call in (lambda: local_path(url), lambda: resolve_checkpoint(url, tmp_path / "cache")):
+        assert "NUL byte (%00)" in str(one_line(call))
