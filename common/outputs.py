@@ -234,12 +234,12 @@ def _text_kind(path: Path, head: bytes, size: int) -> str:
             return "json"
         except ValueError:
             pass
+        # A log: a JSON document per line; only its first line is required to parse, as a
+        # crash may have torn the last one.
         try:
-            for line in text.splitlines():
-                if line.strip():
-                    json.loads(line)
+            json.loads(next(line for line in text.splitlines() if line.strip()))
             return "jsonl"
-        except ValueError:
+        except (ValueError, StopIteration):
             return "text"
     first_line = head.decode("utf-8", errors="ignore").lstrip("\ufeff").split("\n", 1)[0]
     if len(next(csv.reader([first_line]), [])) >= 2:

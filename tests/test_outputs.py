@@ -266,7 +266,7 @@ def _sample_files(folder: Path) -> dict[str, Path]:
              ("report.json", "log.jsonl", "scores.csv", "plot.png", "video.mp4", "ck.pth",
               "weights.pth", "notes.txt", "frame.jpg", "labels.npy", "archive.zip")}  # fmt: skip
     files["report.json"].write_text('{"auc": 0.9,\n "videos": [1, 2]}\n')
-    files["log.jsonl"].write_text('{"epoch": 1}\n{"epoch": 2}\n')
+    files["log.jsonl"].write_text('{"epoch": 1}\n{"epoch": 2}\n{"epo')  # torn by a crash
     files["scores.csv"].write_text("video,frame,psnr\n01,4,30.5\n")
     image = np.zeros((8, 8, 3), np.uint8)
     assert cv2.imwrite(str(files["plot.png"]), image)
