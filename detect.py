@@ -201,7 +201,9 @@ def check_run_outputs(args: argparse.Namespace) -> None:
         "--video_out": args.video_out,
         target_flag: target,
     }
-    check_outputs(outputs, inputs=inputs)
+    kinds = {cli.typed_flag(args, "scores"): "csv", "--events": "json", "--report": "json"}
+    kinds.update({"--video_out": "video", target_flag: "checkpoint"})
+    check_outputs(outputs, inputs=inputs, kinds=kinds)
 
 
 def run_calibration(args: argparse.Namespace, scorer: StreamingScorer, loaded: LoadedModel) -> dict:

@@ -136,10 +136,12 @@ def check_run_outputs(args: argparse.Namespace) -> None:
         "--label_path": args.label_path,
         "--dataset_path": Path(args.dataset_path) / args.dataset_type,
     }
+    scores_flag = cli.typed_flag(args, "scores")
     check_outputs(
-        {"--report": args.report, cli.typed_flag(args, "scores"): args.scores},
+        {"--report": args.report, scores_flag: args.scores},
         {"--plot_dir": args.plot_dir, "--cache_dir": args.cache_dir},
         inputs,
+        kinds={"--report": "json", scores_flag: "csv", "--plot_dir": "png"},
     )
 
 

@@ -1,23 +1,33 @@
-"""Resumable, checksum-verified downloads for data sets and pretrained weights.
+"""Resumable, checksum-verified, bounded downloads for data sets and pretrained weights.
 
 ``download_file`` streams a URL (http, https or file) into ``<dest>.part`` and renames it to
 ``dest`` only once it is complete and, when a SHA-256 is given, verified. An interrupted
-download keeps its ``.part`` file; the next call asks the server for the rest with an HTTP
-``Range`` request and starts over when the server does not honour it.
+download keeps its ``.part`` file and, beside it, the server's validator (ETag or
+Last-Modified) recorded when the ``.part`` was started; the next call asks for the rest with
+``Range`` + ``If-Range``, so a server whose file changed since answers with the whole new file
+instead of a splice of two versions; without a validator the download starts over. A download
+may not exceed its known size or, when none is known, ``LGN_MAX_DOWNLOAD_MB``, nor take longer
+than ``LGN_MAX_DOWNLOAD_MINUTES`` in all; a known size is checked against the free disk space
+first.
 ``cached_download`` keeps one verified copy per URL in a cache folder (archives are unpacked
 by :mod:`data.archives`).
 """
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import http.client
+import json
 import os
 import re
+import shutil
+import time
 import urllib.error
 import urllib.parse
 import urllib.request
 from pathlib import Path
+from typing import Any
 
 import torch.hub
 from tqdm import tqdm
@@ -27,10 +37,22 @@ from common.errors import InputError
 CHUNK_BYTES = 1 << 20
 TIMEOUT_S = 60
 MANUAL_HINT = "download it by hand and pass the local file with --source"
+# Bounds of a download whose size is not known beforehand, and of any download's duration;
+# the environment variables raise (or lower) them.
+MAX_MB_VARIABLE = "LGN_MAX_DOWNLOAD_MB"
+MAX_MINUTES_VARIABLE = "LGN_MAX_DOWNLOAD_MINUTES"
+DEFAULT_MAX_MB = 4096
+DEFAULT_MAX_MINUTES = 120
+# Room left on the disk beyond a download of known size (the rest of the system needs some).
+FREE_SPACE_MARGIN_BYTES = 64 << 20
 
 
 def _part_path(dest: Path) -> Path:
     return dest.with_name(dest.name + ".part")
+
+
+def _validator_path(dest: Path) -> Path:
+    return dest.with_name(dest.name + ".part.json")
 
 
 def file_sha256(path: Path) -> str:
@@ -42,32 +64,109 @@ def file_sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
-def _open(url: str, offset: int):
-    """Open ``url``; for http(s) with ``offset > 0`` ask for the bytes from ``offset`` on.
+def _positive_number(variable: str, default: float) -> float:
+    text = os.environ.get(variable, "").strip()
+    if not text:
+        return default
+    try:
+        value = float(text)
+    except ValueError:
+        value = float("nan")
+    if not value > 0 or value == float("inf"):
+        raise InputError(f"{variable}={text} must be a positive number; fix or unset it")
+    return value
+
+
+def download_limits() -> tuple[int, float]:
+    """``(max_bytes, max_seconds)``: the largest download of unknown size (bytes, from
+    ``LGN_MAX_DOWNLOAD_MB``, default 4096 MB) and the longest any download may take
+    (seconds, from ``LGN_MAX_DOWNLOAD_MINUTES``, default 120 minutes)."""
+    max_mb = _positive_number(MAX_MB_VARIABLE, DEFAULT_MAX_MB)
+    max_minutes = _positive_number(MAX_MINUTES_VARIABLE, DEFAULT_MAX_MINUTES)
+    return int(max_mb * 1e6), max_minutes * 60.0
+
+
+def _read_validator(dest: Path, url: str) -> dict[str, str]:
+    """The ETag / Last-Modified recorded when ``dest``'s ``.part`` was started from ``url``
+    (empty when there is none, it is unreadable, or it belongs to another URL)."""
+    try:
+        recorded = json.loads(_validator_path(dest).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
+    if not isinstance(recorded, dict) or recorded.get("url") != url:
+        return {}
+    return {key: value for key, value in recorded.items() if isinstance(value, str)}
+
+
+def _if_range(validator: dict[str, str]) -> str | None:
+    """What to send as ``If-Range``: a strong ETag, else the Last-Modified date (RFC 9110:
+    a weak ETag cannot make a range request conditional)."""
+    etag = validator.get("etag")
+    if etag and not etag.startswith("W/"):
+        return etag
+    return validator.get("last_modified") or None
+
+
+def _record_validator(dest: Path, url: str, headers: Any) -> None:
+    """Keep the server's validators of the file a new ``.part`` is started from."""
+    record = {"url": url}
+    for key, header in (("etag", "ETag"), ("last_modified", "Last-Modified")):
+        if headers.get(header):
+            record[key] = headers[header]
+    if len(record) == 1:  # nothing could prove a later response is the same file
+        _validator_path(dest).unlink(missing_ok=True)
+        return
+    _validator_path(dest).write_text(json.dumps(record), encoding="utf-8")
+
+
+def _open(url: str, offset: int, if_range: str | None, timeout: float):
+    """Open ``url``; for http(s) with ``offset > 0`` and a validator (``if_range``) ask for
+    the bytes from ``offset`` on, only if the file is still the one the validator names.
 
     Returns (response, resumed): ``resumed`` is True only when the server answered 206 with a
     Content-Range that starts exactly at ``offset``; otherwise the body is the whole file.
     """
     headers = {"User-Agent": "lgn-net-reproduction"}
     is_http = urllib.parse.urlparse(url).scheme in ("http", "https")
-    if is_http and offset > 0:
+    ask_range = is_http and offset > 0 and if_range is not None
+    if ask_range:
         headers["Range"] = f"bytes={offset}-"
+        headers["If-Range"] = if_range
     try:
         response = urllib.request.urlopen(
-            urllib.request.Request(url, headers=headers), timeout=TIMEOUT_S
+            urllib.request.Request(url, headers=headers), timeout=timeout
         )
     except urllib.error.HTTPError as error:
-        if error.code == 416 and offset > 0:
+        if error.code == 416 and ask_range:
             # The .part file is not a prefix the server can continue (e.g. the file changed).
-            return _open(url, 0)
+            return _open(url, 0, None, timeout)
         raise
     content_range = response.headers.get("Content-Range", "")
     resumed = (
-        offset > 0
+        ask_range
         and getattr(response, "status", None) == 206
         and re.match(rf"bytes\s+{offset}-", content_range) is not None
     )
     return response, resumed
+
+
+def check_url(url: str) -> None:
+    """Raise InputError when ``url`` cannot name a file: its path holds a NUL byte (``%00``),
+    which no file system allows and the operating system's calls refuse with a ValueError."""
+    if "\0" in urllib.parse.unquote(urllib.parse.urlparse(url).path):
+        raise InputError(f"{url}: a NUL byte (%00) in a URL's path names no file; check the URL")
+
+
+def _check_destination(url: str, dest: Path) -> None:
+    if "\0" in str(dest) or dest.name in ("", ".", ".."):
+        raise InputError(
+            f"cannot download {url} to {str(dest)!r}: not a usable file name; give the file "
+            "a plain name"
+        )
+
+
+def _amount(n_bytes: int) -> str:
+    return f"{n_bytes:,} bytes" if n_bytes < 1_000_000 else f"{n_bytes / 1e6:,.1f} MB"
 
 
 def download_file(
@@ -78,31 +177,62 @@ def download_file(
     *,
     size: int | None = None,
     hint: str = MANUAL_HINT,
+    max_bytes: int | None = None,
+    max_seconds: float | None = None,
 ) -> Path:
     """Download ``url`` to ``dest`` atomically and return ``dest``.
 
     Args:
         url: http(s):// or file:// URL.
-        dest: final path; the data is streamed to ``dest + ".part"`` first, and an existing
-            ``.part`` file is resumed with a Range request when the server supports it
-            (HTTP 206), otherwise the download restarts from byte 0.
+        dest: final path; the data is streamed to ``dest + ".part"`` first. An existing
+            ``.part`` file is resumed (HTTP ``Range``, 206) only when the server proves it
+            still serves the file the ``.part`` began with: ``If-Range`` with the ETag or
+            Last-Modified kept in ``dest + ".part.json"``; otherwise the download restarts
+            from byte 0.
         sha256: expected hex SHA-256 of the whole file, or None to skip the check.
         progress: show a tqdm progress bar (bytes).
         size: expected size in bytes, or None to trust the server's Content-Length.
         hint: what to suggest when the network fails (the manual fallback).
+        max_bytes: the most bytes to accept when ``size`` is None (default
+            :func:`download_limits`, ``LGN_MAX_DOWNLOAD_MB``).
+        max_seconds: the longest the whole download may take, seconds (default
+            :func:`download_limits`, ``LGN_MAX_DOWNLOAD_MINUTES``); checked between reads,
+            each read having its own 60 s timeout.
 
     Raises:
         InputError: network failure (naming the URL and ``hint``; a partial ``.part`` file is
-            kept for resuming), a truncated or oversized file, or a checksum mismatch (the
-            downloaded file is deleted; the message names the URL, expected and actual hashes).
+            kept for resuming), a file larger than its bound (deleted), a known size larger
+            than the free disk space, the time limit (the ``.part`` is kept), a truncated or
+            oversized file, or a checksum mismatch (the downloaded file is deleted; the message
+            names the URL, expected and actual hashes).
     """
     dest = Path(dest)
+    if urllib.parse.urlparse(url).scheme == "file":
+        check_url(url)
+    _check_destination(url, dest)
+    default_bytes, default_seconds = download_limits()
+    max_bytes = size if size is not None else (max_bytes or default_bytes)
+    max_seconds = max_seconds or default_seconds
+    deadline = time.monotonic() + max_seconds
     dest.parent.mkdir(parents=True, exist_ok=True)
     part = _part_path(dest)
     offset = part.stat().st_size if part.exists() else 0
     digest = hashlib.sha256()
+
+    def too_large(n_bytes: int, known: bool) -> InputError:
+        part.unlink(missing_ok=True)
+        _validator_path(dest).unlink(missing_ok=True)
+        amount = f"is {_amount(n_bytes)}" if known else f"went past {_amount(n_bytes)}"
+        if size is not None:
+            bound, fix = f"the expected {_amount(size)}", hint
+        else:
+            bound = f"the maximum {_amount(max_bytes)} ({MAX_MB_VARIABLE})"
+            fix = f"set {MAX_MB_VARIABLE} to allow more, or {hint}"
+        return InputError(f"download of {url} {amount}, more than {bound}; nothing was kept; {fix}")
+
     try:
-        response, resumed = _open(url, offset)
+        if_range = _if_range(_read_validator(dest, url))
+        response, resumed = _open(url, offset, if_range, min(TIMEOUT_S, max_seconds))
         with response:
             if resumed:
                 with open(part, "rb") as handle:
@@ -110,8 +240,20 @@ def download_file(
                         digest.update(chunk)
             else:
                 offset = 0
+                _record_validator(dest, url, response.headers)
             length = response.headers.get("Content-Length")
             total = offset + int(length) if length is not None else size
+            if total is not None and total > max_bytes:
+                raise too_large(total, known=True)
+            free = shutil.disk_usage(dest.parent).free
+            if total is not None and total - offset + FREE_SPACE_MARGIN_BYTES > free:
+                raise InputError(
+                    f"download of {url} needs {_amount(total - offset)} but {dest.parent} "
+                    f"has {_amount(free)} free; free space, or {hint}"
+                )
+            # read1 returns what has arrived, so a trickling server meets the deadline too.
+            read = getattr(response, "read1", response.read)
+            received = offset
             with (
                 open(part, "ab" if resumed else "wb") as out,
                 tqdm(
@@ -124,16 +266,31 @@ def download_file(
                     disable=not progress,
                 ) as bar,
             ):
-                while chunk := response.read(CHUNK_BYTES):
+                while chunk := read(CHUNK_BYTES):
+                    received += len(chunk)
+                    if received > max_bytes:
+                        out.close()
+                        raise too_large(max_bytes, known=False)
                     out.write(chunk)
                     digest.update(chunk)
                     bar.update(len(chunk))
-    except (urllib.error.URLError, http.client.HTTPException, OSError) as error:
+                    if time.monotonic() > deadline:
+                        raise InputError(
+                            f"download of {url} took longer than {max_seconds / 60:g} minutes "
+                            f"({MAX_MINUTES_VARIABLE}), {_amount(received)} received; run "
+                            f"again to resume, set {MAX_MINUTES_VARIABLE} higher, or {hint}"
+                        )
+    except (urllib.error.URLError, http.client.HTTPException, OSError, ValueError) as error:
         reason = getattr(error, "reason", None) or error
         if urllib.parse.urlparse(url).scheme == "file":  # a local file: no connection involved
             local = Path(urllib.request.url2pathname(urllib.parse.urlparse(url).path))
             problem = "does not exist" if not local.exists() else f"cannot be read ({reason})"
             raise InputError(f"{url}: the file {local} {problem}; check the path") from error
+        if isinstance(error, OSError) and error.errno in (errno.ENOSPC, errno.EDQUOT):
+            raise InputError(
+                f"download of {url}: {dest.parent} ran out of disk space ({reason}); free "
+                f"space and run again to resume, or {hint}"
+            ) from error
         raise InputError(
             f"could not download {url} ({reason}); check the connection and run again "
             f"(a partial download resumes), or {hint}"
@@ -144,6 +301,7 @@ def download_file(
     if expected_size is not None and received != expected_size:
         if received > expected_size:
             part.unlink()
+            _validator_path(dest).unlink(missing_ok=True)
         raise InputError(
             f"download of {url} has {received} bytes, expected {expected_size}; run again to "
             f"resume, or {hint}"
@@ -151,11 +309,13 @@ def download_file(
     actual = digest.hexdigest()
     if sha256 is not None and actual != sha256.lower():
         part.unlink()
+        _validator_path(dest).unlink(missing_ok=True)
         raise InputError(
             f"checksum mismatch for {url}: expected sha256 {sha256.lower()}, got {actual}; the "
             f"file was deleted; run again, or {hint}"
         )
     os.replace(part, dest)
+    _validator_path(dest).unlink(missing_ok=True)
     return dest
 
 
@@ -167,12 +327,16 @@ def default_cache_dir() -> Path:
 
 def cache_path_for(url: str, cache_dir: Path | None = None) -> Path:
     """Where :func:`cached_download` keeps ``url``: ``cache_dir`` (default
-    :func:`default_cache_dir`) / the URL's last path component."""
+    :func:`default_cache_dir`) / ``<hash>-<name>``, where the hash is the first 16 hex digits
+    of the whole URL's SHA-256 (so ``.../runA/checkpoint.pth`` and ``.../runB/checkpoint.pth``,
+    or two queries of one path, get their own files) and the name is the URL's last path
+    component, reduced to letters, digits, ``.``, ``-`` and ``_`` (``download`` when nothing
+    is left)."""
     cache_dir = Path(cache_dir) if cache_dir is not None else default_cache_dir()
-    name = Path(urllib.parse.unquote(urllib.parse.urlparse(url).path)).name
-    if not name:
-        raise InputError(f"cannot name a cache file for {url}: the URL has no file name")
-    return cache_dir / name
+    last = urllib.parse.unquote(urllib.parse.urlparse(url).path).rsplit("/", 1)[-1]
+    name = re.sub(r"[^\w.-]", "_", last).lstrip(".") or "download"
+    key = hashlib.sha256(url.encode("utf-8", "surrogatepass")).hexdigest()[:16]
+    return cache_dir / f"{key}-{name}"
 
 
 def cached_download(
@@ -183,8 +347,8 @@ def cached_download(
     hint: str = "download it by hand and pass the local file's path instead of the URL",
 ) -> Path:
     """Return a local copy of ``url`` in ``cache_dir`` (default ``default_cache_dir()``),
-    named after the URL's last path component; download it only when no copy exists or
-    the existing copy fails the ``sha256`` check."""
+    at :func:`cache_path_for`; download it only when no copy exists or the existing copy
+    fails the ``sha256`` check."""
     dest = cache_path_for(url, cache_dir)
     if dest.is_file() and (sha256 is None or file_sha256(dest) == sha256.lower()):
         return dest

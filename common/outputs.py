@@ -1,5 +1,6 @@
 """Checks of a command's outputs before any work: each can be written, no two share a path,
-and none lands on, inside or around an input of the same command.
+none lands on, inside or around an input of the same command, and none replaces an existing
+file of another kind than it writes (a report over a checkpoint, a CSV over footage).
 
 Every command line and ``python -m`` entry point calls :func:`check_outputs` once, with all
 its outputs and all its inputs, so that a mistyped flag refuses to run instead of replacing a
@@ -9,8 +10,11 @@ run would then read as frames.
 
 from __future__ import annotations
 
+import csv
+import json
 import os
 import tempfile
+import zipfile
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -90,6 +94,7 @@ def check_outputs(
     files: Mapping[str, PathArg] | None = None,
     folders: Mapping[str, PathArg] | None = None,
     inputs: Mapping[str, PathArg] | None = None,
+    kinds: Mapping[str, str] | None = None,
 ) -> None:
     """Fail before any work, not after it, when an output cannot or must not be written.
 
@@ -137,3 +142,167 @@ def check_outputs(
             raise _collision_error(flag, target, relation, source_flag, source)
         folder = Path(target) if is_folder else Path(target).parent
         check_creatable_folder(folder, flag, "choose another path")
+        kind = (kinds or {}).get(flag)
+        if kind is None:
+            continue
+        if not is_folder:
+            check_replaceable(flag, target, kind)
+        elif folder.is_dir():
+            for existing in sorted(folder.glob(f"*.{kind}")):
+                check_replaceable(flag, existing, kind)
+
+
+# --------------------------------------------------------------------------- output kinds
+
+# What an output of each kind is, for messages; an existing file is replaced only by an
+# output of the kind its content shows (see :func:`file_kind`).
+KIND_NAMES = {
+    "json": "a JSON file",
+    "jsonl": "a JSON-lines log",
+    "csv": "a CSV table",
+    "png": "a PNG image",
+    "video": "a video (MP4, AVI or Matroska)",
+    "checkpoint": "a checkpoint written by this project",
+    "torch": "a torch.save file",
+}
+# What else an existing file may be, for messages.
+_OTHER_KIND_NAMES = {
+    "text": "a text file",
+    "zip": "a ZIP archive",
+    "jpeg": "a JPEG image",
+    "npy": "a NumPy array (.npy)",
+    "mat": "a MATLAB file",
+    "binary": "binary data of no kind this project writes",
+}
+# The kinds an existing file may have for an output of each kind to replace it.
+_REPLACEABLE = {
+    "json": {"json"},
+    "jsonl": {"jsonl", "json"},  # a log of one record is one JSON document too
+    "csv": {"csv"},
+    "png": {"png"},
+    "video": {"video"},
+    "checkpoint": {"checkpoint"},
+    "torch": {"torch", "checkpoint"},
+}
+_SNIFF_BYTES = 1 << 16
+# Text outputs larger than this are not parsed whole to tell JSON from other text.
+_PARSE_LIMIT_BYTES = 256 << 20
+
+
+def _pickled_strings(*names: str) -> list[tuple[bytes, bytes]]:
+    """Each name as pickle protocols 2 (torch.save's) and 4+ encode a short str."""
+    encoded = [name.encode() for name in names]
+    return [
+        (b"X" + len(raw).to_bytes(4, "little") + raw, b"\x8c" + bytes([len(raw)]) + raw)
+        for raw in encoded
+    ]
+
+
+def _names_all(pickle_bytes: bytes, names: tuple[str, ...]) -> bool:
+    return all(old in pickle_bytes or new in pickle_bytes for old, new in _pickled_strings(*names))
+
+
+def _zip_kind(path: Path) -> str:
+    """``checkpoint``, ``torch`` or ``zip``, from the archive's names and the keys its pickle
+    spells out (nothing is unpickled)."""
+    try:
+        with zipfile.ZipFile(path) as archive:
+            pickles = [info for info in archive.infolist() if info.filename.endswith("data.pkl")]
+            if not pickles:
+                return "zip"
+            if pickles[0].file_size > _PARSE_LIMIT_BYTES:
+                return "torch"
+            data = archive.read(pickles[0])
+    except (OSError, zipfile.BadZipFile, ValueError, EOFError):
+        return "binary"
+    # Version 2 checkpoints say "format": "lgn-net"; version 1 files hold these entries.
+    if _names_all(data, ("format", "lgn-net")) or _names_all(data, ("model", "items", "args")):
+        return "checkpoint"
+    return "torch"
+
+
+def _text_kind(path: Path, head: bytes, size: int) -> str:
+    """``json``, ``jsonl``, ``csv`` or ``text`` for a file whose start is UTF-8 text."""
+    first = head.lstrip(b"\xef\xbb\xbf \t\r\n")[:1]
+    if first in (b"{", b"[") and size <= _PARSE_LIMIT_BYTES:
+        try:
+            text = path.read_text(encoding="utf-8-sig")
+        except (OSError, UnicodeDecodeError):
+            return "text"
+        try:
+            json.loads(text)
+            return "json"
+        except ValueError:
+            pass
+        # A log: a JSON document per line; only its first line is required to parse, as a
+        # crash may have torn the last one.
+        try:
+            json.loads(next(line for line in text.splitlines() if line.strip()))
+            return "jsonl"
+        except (ValueError, StopIteration):
+            return "text"
+    first_line = head.decode("utf-8", errors="ignore").lstrip("\ufeff").split("\n", 1)[0]
+    if len(next(csv.reader([first_line]), [])) >= 2:
+        return "csv"
+    return "text"
+
+
+def file_kind(path: str | os.PathLike) -> str:
+    """What an existing file is, from its content (not its name): ``empty``, one of
+    :data:`KIND_NAMES` (``checkpoint``: a ``torch.save`` file whose pickle holds this
+    project's checkpoint entries, read without unpickling), or ``text``, ``zip``, ``jpeg``,
+    ``npy``, ``mat``, ``binary``."""
+    path = Path(path)
+    with open(path, "rb") as handle:
+        head = handle.read(_SNIFF_BYTES)
+    if not head:
+        return "empty"
+    if head.startswith(b"\x89PNG\r\n\x1a\n"):
+        return "png"
+    is_avi = head[:4] == b"RIFF" and head[8:12] == b"AVI "
+    if head[4:8] == b"ftyp" or is_avi or head[:4] == b"\x1a\x45\xdf\xa3":
+        return "video"
+    if head.startswith(b"PK\x03\x04"):
+        return _zip_kind(path)
+    if head.startswith(b"\xff\xd8\xff"):
+        return "jpeg"
+    if head.startswith(b"\x93NUMPY"):
+        return "npy"
+    if head.startswith(b"MATLAB"):
+        return "mat"
+    if b"\0" in head:
+        return "binary"
+    try:
+        head.decode("utf-8")
+    except UnicodeDecodeError as error:
+        if error.start < len(head) - 4:  # not merely a character cut at the end of the head
+            return "binary"
+    return _text_kind(path, head, path.stat().st_size)
+
+
+def kind_name(kind: str) -> str:
+    """A kind from :func:`file_kind` in words."""
+    return {**KIND_NAMES, **_OTHER_KIND_NAMES, "empty": "an empty file"}.get(kind, kind)
+
+
+def check_replaceable(flag: str, target: str | os.PathLike, kind: str) -> None:
+    """Raise InputError when ``target`` exists and is not of the ``kind`` the output
+    ``flag`` writes (an empty file may be replaced by any). One line naming the file, what
+    it is and the fix."""
+    target = Path(target)
+    if not target.is_file():
+        return
+    try:
+        found = file_kind(target)
+    except OSError as error:
+        raise InputError(
+            f"{flag} {target} exists and cannot be read ({error.strerror}) to see what it is; "
+            "give another path"
+        ) from None
+    if found == "empty" or found in _REPLACEABLE[kind]:
+        return
+    raise InputError(
+        f"{flag} {target} exists and is {kind_name(found)}, not {KIND_NAMES[kind]}, which "
+        f"{flag} writes; this run would replace it: give {flag} another path (or move the "
+        "file away)"
+    )

@@ -274,18 +274,31 @@ def decode_video(frame_paths: Sequence[Path], height: int, width: int) -> np.nda
 
 
 def _video_fingerprint(video: Video) -> str:
-    """Hash of the frame paths with their sizes and mtimes: changes when any frame changes."""
+    """Hash of the frame paths with their sizes, modification times, inode change times and
+    inodes: changes when any frame changes.
+
+    The modification time alone misses an edit that keeps it and the size (``cp -p``,
+    ``rsync -a``, ``tar -x`` of a corrected copy, a re-encode at a fixed size such as BMP);
+    the inode change time is set by the kernel on every write, rename or copy over the file
+    and no tool can set it back, and a file copied in place of another has a new inode. (A
+    ``chmod`` or a new hard link also moves the change time: the video is then decoded
+    once more, which costs time, never correctness.)
+    """
     digest = hashlib.sha256(f"v{_CACHE_VERSION}".encode())
     for path in video.frame_paths:
         stat = path.stat()
-        digest.update(f"{path.resolve()}\0{stat.st_size}\0{stat.st_mtime_ns}\n".encode())
+        digest.update(
+            f"{path.resolve()}\0{stat.st_size}\0{stat.st_mtime_ns}\0{stat.st_ctime_ns}"
+            f"\0{stat.st_ino}\n".encode()
+        )
     return digest.hexdigest()[:20]
 
 
 def cache_file(cache_dir: Path, height: int, width: int, video: Video) -> Path:
     """Where a video's decoded ``height x width`` frames are kept on disk:
     ``<cache_dir>/<H>x<W>/<video>-<fingerprint>.npy``, the fingerprint covering the frame
-    paths, sizes and modification times (an edited frame tree gets a new file)."""
+    paths, sizes, modification and inode change times and inodes (an edited frame tree gets
+    a new file, however the edit was made)."""
     safe_name = re.sub(r"[^\w.-]", "_", video.name)
     size_dir = Path(cache_dir) / f"{int(height)}x{int(width)}"
     return size_dir / f"{safe_name}-{_video_fingerprint(video)}.npy"

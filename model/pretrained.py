@@ -26,7 +26,7 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
-from common.download import cache_path_for, cached_download, file_sha256
+from common.download import cache_path_for, cached_download, check_url, file_sha256
 from common.errors import InputError
 from common.outputs import check_outputs
 from model import checkpoint as checkpoint_format
@@ -53,6 +53,7 @@ def local_path(spec: str) -> Path | None:
         return cache_path_for(entry["url"])
     scheme = urllib.parse.urlparse(spec).scheme
     if scheme == "file":
+        check_url(spec)
         return Path(urllib.request.url2pathname(urllib.parse.urlparse(spec).path))
     if "://" in spec:
         return cache_path_for(spec)
@@ -104,14 +105,26 @@ def load_weights(
     a published name (resolved here, downloading once), or of the reference pair;
     ``options`` are that function's keyword arguments."""
     path = resolve_checkpoint(str(checkpoint)) if checkpoint else None
-    return checkpoint_format.load_for_inference(path, model_dir, m_items_dir, **options)
+    try:
+        return checkpoint_format.load_for_inference(path, model_dir, m_items_dir, **options)
+    except InputError as error:
+        downloaded = path is not None and "://" in str(checkpoint)
+        if not downloaded or str(path) not in str(error):
+            raise
+        # A copy that is wrong sits in the cache and fails every later run the same way.
+        raise InputError(
+            f"{error}; it is the cached download of {checkpoint}: delete {path} to download "
+            "it again"
+        ) from error
 
 
 def export_weights(checkpoint: str | Path, output: str | Path) -> dict[str, Any]:
     """Write the inference part of a ``train.py`` checkpoint to ``output`` (atomically; see
     :func:`model.checkpoint.for_publishing`). The output may not be the checkpoint itself.
     Returns what was written."""
-    check_outputs({"output": output}, inputs={"checkpoint": checkpoint})
+    check_outputs(
+        {"output": output}, inputs={"checkpoint": checkpoint}, kinds={"output": "checkpoint"}
+    )
     saved = checkpoint_format.read(checkpoint)
     published = checkpoint_format.for_publishing(saved, str(checkpoint))
     checkpoint_format.write(published, output)

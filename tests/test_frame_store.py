@@ -4,6 +4,7 @@ that resumes, the memory budget from cgroup files, and the choice between the tw
 from __future__ import annotations
 
 import json
+import os
 import pickle
 import shutil
 from pathlib import Path
@@ -31,6 +32,7 @@ from data.frame_store import (
 from data.frames import FrameCache, FrameWindowDataset, Video, decode_frame, list_videos
 from inference.benchmark import ScoringSettings, score_test_videos
 from model import LGNNet, init_memory_items
+from model import checkpoint as checkpoint_format
 from training.loop import epoch_batches
 
 H, W = 6, 8
@@ -456,3 +458,61 @@ def test_a_ped2_video_through_the_store_equals_decode_frame(ped2_dir: Path, tmp_
     for index in (0, 1, len(video) // 2, len(video) - 1):
         np.testing.assert_array_equal(frames[index], decode_frame(video.frame_paths[index], 32, 48))
     assert np.array_equal(frames, FrameCache(32, 48).get(video))
+
+
+@pytest.mark.parametrize("frames", ["disk", "memory"])
+def test_a_frame_edited_with_its_size_and_mtime_kept_is_decoded_afresh(
+    frames: str, tiny_dataset: Path, tmp_path: Path
+) -> None:
+    """evaluate.py --frames disk|memory --cache_dir: a frame rewritten in place at the same
+    size (BMP) with its modification time set back, as ``cp -p``/``rsync -a`` or a
+    fixed-size re-encode leave it, is not served from the cached frames: the scores equal a
+    run with an empty cache, not the run before the edit."""
+    torch.manual_seed(0)  # an untrained network scores an edited frame differently too
+    network = LGNNet(t_length=2, msize=4, fdim=64, mdim=64)
+    checkpoint = tmp_path / "checkpoint.pth"
+    items = init_memory_items(4, 64, generator=torch.Generator().manual_seed(1))
+    checkpoint_format.write(checkpoint_format.build(network, items, (16, 24), epoch=1), checkpoint)
+    root = tmp_path / "data"
+    shutil.copytree(tiny_dataset / "ped2", root / "ped2")
+    for png in sorted((root / "ped2" / "testing").rglob("*.png")):  # BMP: a fixed file size
+        assert cv2.imwrite(str(png.with_suffix(".bmp")), cv2.imread(str(png)))
+        png.unlink()
+    video = sorted(p for p in (root / "ped2" / "testing" / "frames").iterdir() if p.is_dir())[0]
+    frame = sorted(video.iterdir())[len(list(video.iterdir())) // 2]
+
+    def scores(cache: Path) -> str:
+        csv = tmp_path / "scores.csv"
+        evaluate.main(
+            evaluate.get_args_parser().parse_args(
+                [
+                    "--dataset_type",
+                    "ped2",
+                    "--dataset_path",
+                    str(root),
+                    "--checkpoint",
+                    str(checkpoint),
+                    "--precision",
+                    "fp32",
+                    "--frames",
+                    frames,
+                    "--cache_dir",
+                    str(cache),
+                    "--scores",
+                    str(csv),
+                ]  # fmt: skip
+            )
+        )
+        return csv.read_text()
+
+    before = scores(tmp_path / "cache")
+    stat = frame.stat()
+    edited = 255 - cv2.imread(str(frame))
+    assert cv2.imwrite(str(tmp_path / "edited.bmp"), edited)
+    frame.write_bytes((tmp_path / "edited.bmp").read_bytes())  # in place: the same inode
+    os.utime(frame, ns=(stat.st_atime_ns, stat.st_mtime_ns))
+    assert (frame.stat().st_size, frame.stat().st_mtime_ns) == (stat.st_size, stat.st_mtime_ns)
+
+    after = scores(tmp_path / "cache")
+    assert after == scores(tmp_path / "fresh cache")
+    assert after != before

@@ -182,7 +182,7 @@ def test_downloads_and_published_names_are_read_as_data_too(
     server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
     threading.Thread(target=server.serve_forever, args=(0.05,), daemon=True).start()
     try:
-        (tmp_path / "cache").joinpath("checkpoint.pth").unlink()  # fetch it afresh
+        # Another URL of the same file name: a cache file of its own, fetched afresh.
         http_url = f"http://127.0.0.1:{server.server_address[1]}/checkpoint.pth"
         message = refusal(evaluate.main, eval_args(tiny_dataset, "--checkpoint", http_url))
         assert "builtins.exec" in message

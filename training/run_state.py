@@ -17,7 +17,7 @@ import torch
 
 from common.errors import InputError
 from common.files import atomic_write, remove_stale_temporaries, save_torch, write_text
-from common.outputs import check_outputs
+from common.outputs import check_outputs, check_replaceable
 from model import LGNNet
 from model import checkpoint as checkpoint_format
 from model.weights import load_memory_items, load_model_weights
@@ -128,6 +128,10 @@ def seed_everything(seed: int) -> None:
 
 
 RUN_FILES = ("checkpoint.pth", "model.pth", "keys.pt", "config.json", "log.jsonl")
+# What each run file is (common.outputs kinds): a run replaces only files of these kinds.
+RUN_FILE_KINDS = dict(
+    zip(RUN_FILES, ("checkpoint", "torch", "torch", "json", "jsonl"), strict=True)
+)
 
 
 def check_run_dir(args: argparse.Namespace, inputs: dict[str, Any] | None = None) -> Path:
@@ -147,6 +151,8 @@ def check_run_dir(args: argparse.Namespace, inputs: dict[str, Any] | None = None
             f"{run_dir} already holds a run ({', '.join(existing)}); continue it with --resume, "
             "replace it with --overwrite, or choose another --exp_dir"
         )
+    for name in existing:
+        check_replaceable("--output_root/--exp_dir", run_dir / name, RUN_FILE_KINDS[name])
     return run_dir
 
 
