@@ -4,7 +4,7 @@ becomes a local file, and how a trained checkpoint becomes a published file.
 ``PUBLISHED_WEIGHTS`` maps a short name (``--checkpoint ped2``) to a file kept in the
 repository under ``weights/`` with its sha256, and optionally a download URL of a mirror: a
 name resolves to the bundled file when it is there (checked against the sha256), else the file
-is downloaded once into the torch.hub cache and checked. No trained weights are published yet.
+is downloaded once into the torch.hub cache and checked.
 Whatever the source, the file is then read as data only (``model.checkpoint.read``).
 
 Make a published file from a ``train.py`` checkpoint with::
@@ -34,7 +34,14 @@ from model import checkpoint as checkpoint_format
 WEIGHTS_DIR = Path(__file__).resolve().parents[1] / "weights"
 
 # name -> {"file": name under weights/, "sha256": ..., "url": optional mirror, "about": ...}
-PUBLISHED_WEIGHTS: dict[str, dict[str, str]] = {}
+PUBLISHED_WEIGHTS: dict[str, dict[str, str]] = {
+    # RESULTS.md: UCSD Ped2 at 32x48 for 8 epochs on a 2-core CPU; not the paper's configuration.
+    "ped2-32x48": {
+        "file": "lgn_net_ped2_32x48.pth",
+        "sha256": "ad2aca33b936359c2004acf027123c1d4c8789ee71336d699539a61c161e22aa",
+        "about": "UCSD Ped2, 32x48, 8 epochs on a 2-core CPU (fp32), calibrated",
+    },
+}
 
 
 def published_names() -> str:
