@@ -108,6 +108,13 @@ class PreviousFramePredictor(torch.nn.Module):
         pooled = F.avg_pool2d(last, 8)
         return Encoded(torch.cat([pooled, torch.ones_like(pooled[:, :1])], 1), last)
 
+    def encode_frames(self, frames: torch.Tensor) -> torch.Tensor:
+        """LGNNet's per-frame part: nothing to reuse here, so the frames themselves."""
+        return frames
+
+    def encode_with_gates(self, windows: torch.Tensor, gates: object) -> Encoded:
+        return self.encode(windows)
+
     def infer_from_encoded(self, encoded: Encoded, items: torch.Tensor) -> InferOutput:
         queries = flatten_query(encoded.features)
         return InferOutput(encoded.spatiotemporal, queries, feature_distance(queries, items))
