@@ -237,6 +237,7 @@ def test_torchrun_keeps_items_identical_resumes_and_evaluates(
     torch.save(checkpoint, mid_epoch)
     argv = ["--dataset_type", "ped2", "--dataset_path", str(tiny_dataset), "--h", "16"]
     argv += ["--w", "24", "--output_root", str(tmp_path / "single"), "--resume", str(mid_epoch)]
+    argv += ["--epochs", "3"]  # the run had 1: resuming keeps it unless given
     with pytest.raises(InputError, match="saved mid-epoch by 2 processes, this run has 1"):
         train.main(train.get_args_parser().parse_args(argv))
 
