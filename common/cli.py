@@ -54,6 +54,8 @@ class _GivenFlagsParser(argparse.ArgumentParser):
     def parse_known_args(self, args=None, namespace=None):  # type: ignore[override]
         if namespace is not None:
             return super().parse_known_args(args, namespace)
+        if args is not None:
+            args = list(args)  # parsed twice below: an iterator would be empty the second time
         # argparse fills in a default only where the namespace lacks the attribute, so a
         # namespace preset to a marker shows, after parsing, which flags were given.
         # Actions that add to the value already there (append, extend, count) start from
