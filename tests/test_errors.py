@@ -777,7 +777,7 @@ def test_ctrl_c_ends_evaluate_with_one_line_and_130(
     def interrupted(*args: object, **kwargs: object) -> None:
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(evaluate, "score_test_videos", interrupted)
+    monkeypatch.setattr(evaluate, "evaluate_split", interrupted)
     plots = tmp_path / "plots"
     args = eval_args(dataset_root, "--checkpoint", str(checkpoint), "--plot_dir", str(plots))
     with pytest.raises(SystemExit) as exited:
