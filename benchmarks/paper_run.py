@@ -58,15 +58,9 @@ def sha256(path: Path) -> str:
 
 def read_log(path: Path) -> list[dict[str, Any]]:
     """The epochs logged so far (a line torn by a write in progress is skipped)."""
-    if not path.is_file():
-        return []
-    records = []
-    for line in path.read_text(encoding="utf-8").splitlines():
-        try:
-            records.append(json.loads(line))
-        except ValueError:
-            continue
-    return records
+    from training.monitor import read_log as read_records
+
+    return read_records(path) if path.is_file() else []
 
 
 class Run:
