@@ -48,9 +48,9 @@ from inference.calibration import (
 from inference.config import FALSE_ALARM_RATE, GAMMA, LAMBDA
 from inference.detection import DetectionOutputs, DetectionResult, detect, score_dataset
 from inference.streaming import StreamingScorer
-from model.checkpoint import LoadedModel
 from model.config import check_frame_size
 from model.pretrained import load_weights, local_path
+from model.weights_file import LoadedModel
 
 
 def get_args_parser() -> argparse.ArgumentParser:

@@ -42,9 +42,9 @@ from inference.benchmark import (
 )
 from inference.config import EVAL_BATCH_SIZE, EVAL_BATCH_SIZE_FAST, GAMMA, LAMBDA
 from inference.video import QualityMetric, compiled_scoring_functions
-from model.checkpoint import LoadedModel
 from model.config import ModelConfig, check_frame_size
 from model.pretrained import load_weights, local_path
+from model.weights_file import LoadedModel
 
 
 def get_args_parser() -> argparse.ArgumentParser:

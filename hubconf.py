@@ -32,9 +32,10 @@ def lgn_net(weights: str | None = None, device: str = "auto", precision: str = "
     from common.errors import InputError
     from inference.api import Scorer, load_scorer
     from model import LGNNet, init_memory_items
-    from model.checkpoint import LoadedModel, build
+    from model.checkpoint import build
     from model.config import FRAME_SIZE
     from model.pretrained import published_names
+    from model.weights_file import LoadedModel
 
     if weights is None:
         raise InputError(

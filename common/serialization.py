@@ -102,9 +102,9 @@ def _weights_only_load(path: Path, allowed: list[Any]) -> Any:
 
 
 def _refusal(
-    path: Path, error: BaseException, what: str, names: list[str] | None = None
+    path: Path, error: BaseException | None, what: str, names: list[str] | None = None
 ) -> InputError:
-    found = re.search(r"GLOBAL ([\w.]+) whose module", str(error))
+    found = re.search(r"GLOBAL ([\w.]+) whose module", str(error or ""))
     names = [found.group(1)] if found else names  # the name PyTorch blocked outright, if any
     needs = (
         f" (it names {', '.join(names[:3])}{', ...' if len(names) > 3 else ''})" if names else ""
@@ -127,8 +127,23 @@ def _unreadable(path: Path, error: BaseException, what: str) -> InputError:
     )
 
 
+def _allowed_name(entry: Any) -> str:
+    """The name under which a pickle names an allow-list entry (a global or ``(global, name)``)."""
+    if isinstance(entry, tuple):
+        return entry[1]
+    return f"{entry.__module__}.{entry.__qualname__}"
+
+
+# The globals a file may name that torch.load(weights_only=True) allows once NumPy's are added.
+_ALLOWED_NAMES = frozenset(map(_allowed_name, NUMPY_ARRAY_GLOBALS))
+
+
 def load_file(path: str | os.PathLike, what: str = "file", pickled_network: bool = False) -> Any:
     """Read a ``torch.save`` file as data (see the module notes); tensors on the CPU.
+
+    The file is read once: the globals its pickle names are listed first (a scan of the
+    pickle alone, not of the tensors), which decides whether it is plain data, a whole
+    network to read with stand-ins, or a refusal; then one ``torch.load`` reads it.
 
     Args:
         path: an existing local file.
@@ -143,26 +158,19 @@ def load_file(path: str | os.PathLike, what: str = "file", pickled_network: bool
     """
     path = Path(path)
     try:
-        return _weights_only_load(path, [])
-    except pickle.UnpicklingError as error:
-        refused: BaseException = error
-    except Exception as error:  # truncated, empty or not a torch.save file at all
-        raise _unreadable(path, error, what) from None
-    try:
-        names = _globals_named(path)
+        names = [name for name in _globals_named(path) if name not in _ALLOWED_NAMES]
     except Exception as error:  # a damaged archive
         raise _unreadable(path, error, what) from None
-    if not names:  # refused for something other than a global: garbage, or an old format
-        names_code = any(word in str(refused) for word in ("GLOBAL", "persistent_load"))
-        raise (_refusal if names_code else _unreadable)(path, refused, what) from None
-    if not pickled_network:
-        raise _refusal(path, refused, what, names) from None
-    stand_ins = [(_inert_class(name), name) for name in names]
+    if names and not pickled_network:
+        raise _refusal(path, None, what, names)
     try:
-        return _weights_only_load(path, stand_ins)
+        return _weights_only_load(path, [(_inert_class(name), name) for name in names])
     except pickle.UnpicklingError as error:
-        raise _refusal(path, error, what, names) from None
-    except Exception as error:
+        # A name PyTorch blocks outright (os, sys, ...), or the pre-zip format naming code.
+        if names or any(word in str(error) for word in ("GLOBAL", "persistent_load")):
+            raise _refusal(path, error, what, names) from None
+        raise _unreadable(path, error, what) from None
+    except Exception as error:  # truncated, empty or not a torch.save file at all
         raise _unreadable(path, error, what) from None
 
 

@@ -42,8 +42,8 @@ from data.sources import FrameSource, array_source, checked_frames, open_input, 
 from inference.calibration import normality_from_calibration, threshold_for_rate
 from inference.config import FALSE_ALARM_RATE, GAMMA, LAMBDA
 from inference.video import evaluate_video
-from model.checkpoint import LoadedModel
 from model.pretrained import load_weights
+from model.weights_file import LoadedModel
 from utils import normality_scores
 
 

@@ -1,8 +1,9 @@
 """The checkpoint format: one dictionary, written with ``torch.save`` and read back as data
 only (:func:`common.serialization.load_file`), for training runs, published weights and
 everything scoring loads. This module writes it, reads it, checks it, and hands each user what
-it needs of it: resuming (:func:`check_resumable`), inference (:func:`load_for_inference`),
-publishing (:func:`for_publishing`) and calibration (:func:`with_calibration`).
+it needs of it: resuming (:func:`check_resumable`), inference (read by
+:mod:`model.weights_file`, which builds the network), publishing (:func:`for_publishing`)
+and calibration (:func:`with_calibration`).
 
 Entries of format version 2::
 
@@ -31,23 +32,16 @@ from __future__ import annotations
 import os
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import Any
 
 import torch
 
 from common.errors import InputError
 from common.files import save_torch
 from common.serialization import load_file
-from model.config import FRAME_SIZE, ModelConfig, check_frame_size
+from model.config import ModelConfig
 from model.lgn_net import LGNNet
-from model.weights import (
-    extract_state_dict,
-    infer_model_sizes,
-    load_memory_items,
-    load_model_weights,
-    read_weights_file,
-    reference_model_config,
-)
+from model.weights import extract_state_dict, infer_model_sizes
 
 FORMAT = "lgn-net"
 FORMAT_VERSION = 2
@@ -225,111 +219,3 @@ def for_publishing(saved: Mapping[str, Any], source: str = "checkpoint") -> dict
 def with_calibration(saved: Mapping[str, Any], calibration: Mapping[str, Any]) -> dict[str, Any]:
     """The checkpoint with detect.py's calibration record (plain data) added or replaced."""
     return {**saved, "calibration": dict(calibration)}
-
-
-class LoadedModel(NamedTuple):
-    """A network ready for scoring, with what it was trained on."""
-
-    model: LGNNet  # eval mode, on the requested device
-    items: torch.Tensor  # (msize, mdim) fp32 memory items, same device
-    height: int  # frame size the model scores at, pixels
-    width: int
-    source: str  # the weights file, for reports and messages
-    checkpoint: dict[str, Any]  # the checkpoint (built in memory for reference weights)
-    path: Path | None  # the local checkpoint file, None for reference-layout weights
-
-
-def load_for_inference(
-    checkpoint: str | os.PathLike | None = None,
-    model_dir: str | os.PathLike | None = None,
-    m_items_dir: str | os.PathLike | None = None,
-    *,
-    height: int | None = None,
-    width: int | None = None,
-    sizes: Mapping[str, int | None] | None = None,
-    device: torch.device | str = "cpu",
-    reference_names: tuple[str, str] = ("--model_dir", "--m_items_dir"),
-) -> LoadedModel:
-    """Build LGN-Net and its memory for scoring, from a local ``checkpoint`` file (ours:
-    names and URLs are resolved by :func:`model.pretrained.resolve_checkpoint` first) or from
-    the reference release's pair ``model_dir`` (weights) + ``m_items_dir`` (items tensor).
-
-    ``sizes`` (``channels``, ``t_length``, ``msize``; None values ignored) override the
-    stored ones, and the strict load then names any entry that does not fit;
-    ``reference_names`` are how messages name the reference pair. The frame size is the
-    checkpoint's (reference weights: ``height``/``width``, else 256x256, the reference
-    default); another one is refused: the scores would silently mean something else.
-
-    Raises:
-        InputError: one line naming the file or flag and the fix.
-    """
-    check_frame_size(height, width)
-    given = _not_none(sizes or {})
-    size = (height or FRAME_SIZE, width or FRAME_SIZE)
-    if checkpoint:
-        parts = _checkpoint_parts(Path(checkpoint), size, height, width, given)
-    elif model_dir and m_items_dir:
-        parts = _reference_parts(Path(model_dir), Path(m_items_dir), reference_names, given, size)
-    else:
-        raise InputError("give a checkpoint, or both reference files (weights and memory items)")
-    config = parts.config
-    model = LGNNet.from_config(config)
-    load_model_weights(model, parts.state, source=parts.source)
-    items = load_memory_items(parts.items, config.msize, config.mdim, parts.items_source)
-    path: Path | None = Path(checkpoint) if checkpoint else None
-    # Reference weights get the checkpoint detect.py's calibration writes out beside them.
-    saved = parts.saved or build(model, items, parts.size)
-    model = model.to(device).eval()
-    height, width = parts.size
-    return LoadedModel(model, items.to(device), height, width, parts.source, saved, path)
-
-
-class _Parts(NamedTuple):
-    """What :func:`load_for_inference` reads from either kind of weights."""
-
-    config: ModelConfig
-    state: Mapping[str, torch.Tensor]
-    items: Any  # the stored items, checked by load_memory_items
-    source: str  # the weights file, for messages
-    items_source: str
-    size: tuple[int, int]  # (height, width) to score at
-    saved: dict[str, Any] | None  # the checkpoint, None for reference weights
-
-
-def _checkpoint_parts(
-    path: Path, default: tuple[int, int], height: int | None, width: int | None,
-    given: dict[str, int],
-) -> _Parts:  # fmt: skip
-    """What :func:`load_for_inference` needs of one of our checkpoints."""
-    saved = read(path)
-    trained = frame_size(saved)
-    for flag, value, index in (("--h", height, 0), ("--w", width, 1)):
-        if trained and value is not None and value != trained[index]:
-            raise InputError(
-                f"{flag} {value} differs from the {trained[0]}x{trained[1]} frames {path} "
-                "was trained at; drop --h/--w (the size is read from the checkpoint)"
-            )
-    config = ModelConfig(**{**model_config(saved, str(path)).as_dict(), **given})
-    source = str(path)
-    return _Parts(config, saved["model"], saved["items"], source, source, trained or default, saved)
-
-
-def _reference_parts(
-    model_dir: Path, m_items_dir: Path, names: tuple[str, str], given: dict[str, int],
-    size: tuple[int, int],
-) -> _Parts:  # fmt: skip
-    """What :func:`load_for_inference` needs of the reference release's pair."""
-    weights_name, items_name = names
-    state = extract_state_dict(read_weights_file(model_dir, weights_name), str(model_dir))
-    raw_items = read_weights_file(m_items_dir, items_name, pickled_network=False)
-    if not isinstance(raw_items, torch.Tensor):
-        raise InputError(
-            f"{m_items_dir}: the memory items are a {type(raw_items).__name__}, not a tensor; "
-            "pass the items file saved beside the weights (keys.pt)"
-        )
-    config = reference_model_config(state, raw_items, **given)
-    return _Parts(config, state, raw_items, str(model_dir), str(m_items_dir), size, None)
-
-
-def _not_none(values: Mapping[str, int | None]) -> dict[str, int]:
-    return {name: value for name, value in values.items() if value is not None}

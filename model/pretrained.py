@@ -30,6 +30,7 @@ from common.download import cache_path_for, cached_download, check_url, file_sha
 from common.errors import InputError
 from common.outputs import check_outputs
 from model import checkpoint as checkpoint_format
+from model.weights_file import LoadedModel, load_for_inference
 
 WEIGHTS_DIR = Path(__file__).resolve().parents[1] / "weights"
 
@@ -107,13 +108,13 @@ def load_weights(
     model_dir: str | os.PathLike | None = None,
     m_items_dir: str | os.PathLike | None = None,
     **options: Any,
-) -> checkpoint_format.LoadedModel:
-    """:func:`model.checkpoint.load_for_inference` of a checkpoint given as a path, a URL or
+) -> LoadedModel:
+    """:func:`model.weights_file.load_for_inference` of a checkpoint given as a path, a URL or
     a published name (resolved here, downloading once), or of the reference pair;
     ``options`` are that function's keyword arguments."""
     path = resolve_checkpoint(str(checkpoint)) if checkpoint else None
     try:
-        return checkpoint_format.load_for_inference(path, model_dir, m_items_dir, **options)
+        return load_for_inference(path, model_dir, m_items_dir, **options)
     except InputError as error:
         downloaded = path is not None and "://" in str(checkpoint)
         if not downloaded or str(path) not in str(error):

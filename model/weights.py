@@ -1,5 +1,6 @@
-"""The reference release's weight layout: reading a network's weights out of whatever holds
-them, loading them strictly, reading the network's sizes off them, and the memory items.
+"""The reference release's weight layout: flattening a network's weights out of whatever
+holds them, loading them strictly, reading the network's sizes off them, and checking the
+memory items. Files are read elsewhere, once (:mod:`model.weights_file`).
 
 Our ``model.pth`` and the reference release's state_dicts share the same parameter names
 (197 entries at the paper's sizes), so one strict loader serves both. The reference release
@@ -9,18 +10,15 @@ stores no sizes, hence :func:`infer_model_sizes`. Problems with a file raise
 
 from __future__ import annotations
 
-import os
 from collections.abc import Mapping
-from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
 
 from common.errors import InputError
-from common.serialization import CyclicNetwork, InertObject, load_file, module_tensors
+from common.serialization import CyclicNetwork, InertObject, module_tensors
 from model.config import ModelConfig
-from model.lgn_net import LGNNet
 
 # Keys under which training scripts commonly nest the weights in a larger checkpoint dict.
 _NESTED_WEIGHT_KEYS = ("state_dict", "model")
@@ -87,22 +85,21 @@ def extract_state_dict(
 
 
 def load_model_weights(
-    model: nn.Module, state_dict: Mapping[str, torch.Tensor] | nn.Module, source: str = "state_dict"
+    model: nn.Module, state_dict: Mapping[str, torch.Tensor], source: str = "state_dict"
 ) -> None:
     """Strictly load ``state_dict`` into ``model`` (names and shapes must match exactly).
 
     Args:
         model: the bare network to fill, e.g. an :class:`LGNNet` (not a DDP wrapper).
-        state_dict: our state_dict or the reference's (same names); a ``module.`` prefix,
-            a ``{"state_dict": ...}`` / ``{"model": ...}`` wrapper or a whole saved module
-            are tolerated (see :func:`extract_state_dict`).
+        state_dict: a flat state_dict, ours or the reference's (same names); flatten
+            anything else first, once (:func:`extract_state_dict`).
         source: what to call the weights in error messages (usually the file path).
 
     Raises:
         InputError: one line naming ``source`` and the first entry, in the model's order, that
             is missing or has the wrong shape (with both shapes), else the first unexpected one.
     """
-    state = extract_state_dict(state_dict, source)
+    state = state_dict
     expected = model.state_dict()
     hint = "check the model sizes (channels, t_length, fdim, hidden) or the file"
     for name, target in expected.items():
@@ -119,54 +116,29 @@ def load_model_weights(
     model.load_state_dict(state, strict=True)
 
 
-def _existing_file(path: str | os.PathLike, what: str) -> Path:
-    """``path`` when it is a file; else an InputError naming ``what`` (a flag or a kind of
-    file)."""
-    path = Path(path)
-    if path.is_file():
-        return path
-    if what.startswith("--"):
-        problem = "is a folder" if path.is_dir() else "does not exist"
-        raise InputError(f"{what} {path} {problem}; give the file's path")
-    raise InputError(f"{what} file not found: {path}; check the path")
-
-
-def read_weights_file(path: str | os.PathLike, what: str, pickled_network: bool = True) -> Any:
-    """What a weights or items file holds, read as data (:func:`load_file`); a whole pickled
-    network comes back as inert stand-ins that :func:`extract_state_dict` reads. A missing or
-    unreadable file is an :class:`InputError` naming ``what`` (e.g. ``--model_dir``)."""
-    return load_file(_existing_file(path, what), f"{what} file", pickled_network)
-
-
-def load_memory_items(
-    items: torch.Tensor | str | os.PathLike,
+def check_memory_items(
+    items: torch.Tensor,
     msize: int,
     mdim: int,
-    source: str | None = None,
+    source: str = "memory items",
     hint: str = "check the number of memory items (msize) or the items file",
 ) -> torch.Tensor:
-    """Validated memory items ``(msize, mdim)`` in fp32, detached.
+    """Memory items ``(msize, mdim)`` checked, detached and in fp32.
 
     Args:
-        items: the items tensor, or a file holding it (``torch.save(items, path)``).
+        items: the stored items tensor (files are read by :mod:`model.weights_file`).
         msize, mdim: the expected number of items and their dimension.
-        source: name for error messages; defaults to the file path.
+        source: name for error messages (usually the file).
         hint: the fix the message names when the shape does not fit.
 
     Raises:
-        InputError: missing/unreadable file, not a tensor, wrong shape (both shapes named)
-            or non-finite values.
+        InputError: not a tensor, wrong shape (both shapes named) or non-finite values.
     """
     if not isinstance(items, torch.Tensor):
-        path = _existing_file(items, "memory items")
-        source = source or str(path)
-        items = load_file(path, "memory items file")
-        if not isinstance(items, torch.Tensor):
-            raise InputError(
-                f"{source}: expected a memory items tensor, found {type(items).__name__}; "
-                "pass the file written by torch.save(items, path)"
-            )
-    source = source or "memory items"
+        raise InputError(
+            f"{source}: expected a memory items tensor, found {type(items).__name__}; "
+            "pass the file written by torch.save(items, path)"
+        )
     if _shape(items) != (msize, mdim):
         raise InputError(
             f"{source}: memory items have shape {_shape(items)} but the model expects "
@@ -222,53 +194,3 @@ def reference_model_config(
     sizes.setdefault("mdim", sizes["fdim"])
     sizes.update({name: value for name, value in given.items() if value is not None})
     return ModelConfig(**sizes)
-
-
-def load_reference_checkpoint(
-    model_path: str | os.PathLike,
-    items_path: str | os.PathLike,
-    map_location: str | torch.device = "cpu",
-    allow_pickled_model: bool = True,
-    **model_kwargs: int,
-) -> tuple[LGNNet, torch.Tensor]:
-    """Load a network and its memory items saved in the reference release's layout.
-
-    The weights file may be a state_dict (ours, or ``torch.save(model.state_dict())``), a
-    checkpoint dict nesting one, or a whole pickled network (``torch.save(model)``, as the
-    reference release saves); all are read as data (:func:`read_weights_file`), never run.
-
-    Args:
-        model_path: the weights file.
-        items_path: the memory items file, ``(msize, mdim)`` tensor.
-        map_location: the device for the returned model and items (files are read on the
-            CPU first, so checkpoints saved from a GPU load on any machine).
-        allow_pickled_model: accept a whole pickled network (read as inert stand-ins); when
-            false only tensors and plain containers are accepted.
-        **model_kwargs: :class:`LGNNet` sizes; any not given are inferred from the tensors
-            (``msize`` from the items).
-
-    Returns:
-        ``(model, items)``: the model in eval mode and the fp32 items.
-
-    Raises:
-        InputError: a file is missing or unreadable, or its names/shapes do not fit.
-    """
-    weights = read_weights_file(model_path, "model weights", allow_pickled_model)
-    state = extract_state_dict(weights, str(model_path))
-    raw_items = read_weights_file(items_path, "memory items")
-    if not isinstance(raw_items, torch.Tensor) or raw_items.dim() != 2:
-        found = _shape(raw_items) if isinstance(raw_items, torch.Tensor) else type(raw_items)
-        raise InputError(
-            f"{items_path}: expected a 2-D memory items tensor (msize, mdim), found {found}; "
-            "pass the items file saved beside the weights"
-        )
-    config = reference_model_config(state, raw_items, **model_kwargs)
-    try:
-        model = LGNNet.from_config(config)
-    except ValueError as error:
-        raise InputError(
-            f"{model_path}: cannot build LGN-Net with sizes {config}: {error}"
-        ) from error
-    load_model_weights(model, state, source=str(model_path))
-    items = load_memory_items(raw_items, model.msize, model.mdim, source=str(items_path))
-    return model.to(map_location).eval(), items.to(map_location)

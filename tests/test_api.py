@@ -19,7 +19,7 @@ from inference.calibration import calibration_from_scores, threshold_for_rate
 from inference.video import evaluate_video
 from model import LGNNet, update_memory
 from model import checkpoint as checkpoint_format
-from model.checkpoint import load_for_inference
+from model.weights_file import load_for_inference
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 

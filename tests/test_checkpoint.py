@@ -14,8 +14,8 @@ from torch import nn
 
 from common.errors import InputError
 from model import LGNNet, init_memory_items
-from model.checkpoint import load_for_inference
-from model.weights import load_memory_items, load_model_weights, load_reference_checkpoint
+from model.weights import check_memory_items, extract_state_dict, load_model_weights
+from model.weights_file import load_for_inference, load_reference_checkpoint
 
 HIDDEN = 128
 LAYERS = 4
@@ -231,7 +231,7 @@ def test_own_checkpoint_round_trips(tmp_path: Path) -> None:
     fresh = tiny_model(1)
     load_model_weights(fresh, torch.load(tmp_path / "weights.pth", weights_only=True))
     fresh.eval()
-    fresh_items = load_memory_items(tmp_path / "items.pt", 4, 16)
+    fresh_items = check_memory_items(torch.load(tmp_path / "items.pt", weights_only=True), 4, 16)
     frames = torch.rand(1, 12, 16, 16) * 2 - 1
     with torch.no_grad():
         expected = model.forward_infer(frames, items)
@@ -291,7 +291,7 @@ def test_wrapped_state_dicts_load() -> None:
         source,
     ):
         target = tiny_model(1)
-        load_model_weights(target, wrapped)
+        load_model_weights(target, extract_state_dict(wrapped))
         for name, value in target.state_dict().items():
             assert torch.equal(value, state[name]), name
 
@@ -333,12 +333,6 @@ def test_pickled_whole_model_of_an_unknown_class_loads(tmp_path: Path) -> None:
 
 def test_bad_items_shape_names_file_and_both_shapes(tmp_path: Path) -> None:
     torch.save(torch.rand(5, 16), tmp_path / "keys.pt")
-    with pytest.raises(InputError) as error:
-        load_memory_items(tmp_path / "keys.pt", 4, 16)
-    message = one_line(error)
-    assert str(tmp_path / "keys.pt") in message
-    assert "(5, 16)" in message and "(4, 16)" in message
-
     torch.save(tiny_model(0).state_dict(), tmp_path / "weights.pth")
     with pytest.raises(InputError) as error:  # msize forced to 4 while the file holds 5 items
         load_reference_checkpoint(tmp_path / "weights.pth", tmp_path / "keys.pt", msize=4)
@@ -348,7 +342,7 @@ def test_bad_items_shape_names_file_and_both_shapes(tmp_path: Path) -> None:
 
 def test_items_come_back_fp32_and_detached() -> None:
     items = torch.rand(4, 16, dtype=torch.float64, requires_grad=True)
-    loaded = load_memory_items(items, 4, 16, source="items")
+    loaded = check_memory_items(items, 4, 16, source="items")
     assert loaded.dtype == torch.float32 and not loaded.requires_grad
 
 
@@ -359,15 +353,13 @@ def test_missing_and_unreadable_files_are_named(tmp_path: Path) -> None:
         load_reference_checkpoint(tmp_path / "absent.pth", tmp_path / "keys.pt")
     with pytest.raises(InputError, match=r"not found: .*absent\.pt"):
         load_reference_checkpoint(tmp_path / "weights.pth", tmp_path / "absent.pt")
-    with pytest.raises(InputError, match=r"not found: .*absent\.pt"):
-        load_memory_items(tmp_path / "absent.pt", 4, 16)
 
     (tmp_path / "garbage.pth").write_bytes(b"not a checkpoint")
     with pytest.raises(InputError, match=r"garbage\.pth"):
         load_reference_checkpoint(tmp_path / "garbage.pth", tmp_path / "keys.pt")
     (tmp_path / "empty.pt").write_bytes(b"")
     with pytest.raises(InputError, match=r"empty\.pt"):
-        load_memory_items(tmp_path / "empty.pt", 4, 16)
+        load_reference_checkpoint(tmp_path / "weights.pth", tmp_path / "empty.pt")
 
 
 def test_checkpoints_written_before_model_args_still_load_and_resume(
@@ -400,3 +392,56 @@ def test_checkpoints_written_before_model_args_still_load_and_resume(
     torch.save({**saved, "format_version": 99}, tmp_path / "future.pth")
     with pytest.raises(InputError, match="format 99, newer than this version reads"):
         checkpoint_format.read(tmp_path / "future.pth")
+
+
+def test_each_weights_file_is_read_once_on_a_one_way_path(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Our checkpoint, a reference state_dict and a whole pickled network: each file goes
+    through torch.load once, its weights are flattened once and the network is loaded once."""
+    import common.serialization
+    import model.weights_file as weights_file
+    from model import checkpoint as checkpoint_format
+
+    network = tiny_model(0).eval()
+    items = init_memory_items(4, 16)
+    checkpoint_format.write(checkpoint_format.build(network, items, (16, 16)), tmp_path / "ck.pth")
+    torch.save(network.state_dict(), tmp_path / "state.pth")
+    torch.save(network, tmp_path / "network.pth")
+    torch.save(items, tmp_path / "keys.pt")
+
+    calls: dict[str, list[str]] = {"torch.load": [], "extract": [], "load_weights": []}
+
+    def counted(name, function, key=lambda *args, **kwargs: str(args[0])):
+        def wrapper(*args, **kwargs):
+            calls[name].append(key(*args, **kwargs))
+            return function(*args, **kwargs)
+
+        return wrapper
+
+    monkeypatch.setattr(torch, "load", counted("torch.load", torch.load))
+    monkeypatch.setattr(
+        weights_file, "extract_state_dict",
+        counted("extract", weights_file.extract_state_dict, lambda obj, source: source),
+    )  # fmt: skip
+    monkeypatch.setattr(
+        weights_file, "load_model_weights",
+        counted("load_weights", weights_file.load_model_weights, lambda m, s, source: source),
+    )  # fmt: skip
+    assert common.serialization.torch.load is torch.load  # the reader goes through the counter
+
+    cases = {
+        "ck.pth": dict(checkpoint=tmp_path / "ck.pth"),
+        "state.pth": dict(model_dir=tmp_path / "state.pth", m_items_dir=tmp_path / "keys.pt"),
+        "network.pth": dict(model_dir=tmp_path / "network.pth", m_items_dir=tmp_path / "keys.pt"),
+    }
+    for name, files in cases.items():
+        for entries in calls.values():
+            entries.clear()
+        loaded = load_for_inference(**files)
+        read = sorted(Path(path).name for path in calls["torch.load"])
+        assert read == sorted(Path(path).name for path in files.values()), name
+        assert len(calls["load_weights"]) == 1, name
+        assert len(calls["extract"]) == (0 if name == "ck.pth" else 1), name
+        for key, value in network.state_dict().items():
+            torch.testing.assert_close(loaded.model.state_dict()[key], value, rtol=0, atol=0)

@@ -407,7 +407,7 @@ def test_non_finite_loss_stops_and_keeps_the_last_checkpoint(
 
     after = (run_dir / "checkpoint.pth").stat()
     assert (after.st_ino, after.st_mtime_ns) == (before.st_ino, before.st_mtime_ns)
-    saved = torch.load(run_dir / "checkpoint.pth", weights_only=False)
+    saved = torch.load(run_dir / "checkpoint.pth", weights_only=True)
     assert (saved["epoch"], saved["step"]) == (1, 0)
     load_model_weights(
         LGNNet(
@@ -488,7 +488,7 @@ def test_sigint_saves_a_resumable_checkpoint(dataset_root: Path, tmp_path: Path)
     assert "Traceback" not in log_path.read_text()
     assert last_line.startswith("SIGINT: saved ") and str(run_dir / "checkpoint.pth") in last_line
     assert "--resume" in last_line
-    saved = torch.load(run_dir / "checkpoint.pth", weights_only=False)
+    saved = torch.load(run_dir / "checkpoint.pth", weights_only=True)
     assert (saved["epoch"], saved["step"]) in {(0, 1), (1, 0), (1, 1)}
     assert not [p.name for p in run_dir.iterdir() if TEMP_FILE.match(p.name)]
 

@@ -16,7 +16,7 @@ from inference.api import Scorer
 from inference.streaming import StreamingScorer
 from inference.video import evaluate_video
 from model import LGNNet, init_memory_items, update_memory
-from model.checkpoint import LoadedModel
+from model.weights_file import LoadedModel
 
 # t_length 5 as in the paper: every frame is an input of 4 windows.
 TINY = {"t_length": 5, "msize": 4, "fdim": 16, "mdim": 16, "hidden": 8}

@@ -16,7 +16,7 @@ from sklearn.metrics import roc_auc_score
 import model.pretrained as pretrained
 from common.download import file_sha256
 from inference import load_scorer
-from model.checkpoint import load_for_inference
+from model.weights_file import load_for_inference
 
 REPO = Path(__file__).resolve().parents[1]
 CPU_NAME = "ped2-32x48"  # the CPU-trained Ped2 weights

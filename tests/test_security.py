@@ -33,7 +33,7 @@ from data.frames import FrameWindowDataset, find_split_dir, list_videos
 from inference import load_scorer
 from inference.calibration import calibrate_training_run
 from model import LGNNet
-from model.weights import load_reference_checkpoint
+from model.weights_file import load_reference_checkpoint
 
 
 class ExecPayload:

@@ -20,7 +20,7 @@ from common.files import atomic_write, remove_stale_temporaries, save_torch, wri
 from common.outputs import check_outputs, check_replaceable
 from model import LGNNet
 from model import checkpoint as checkpoint_format
-from model.weights import load_memory_items, load_model_weights
+from model.weights import check_memory_items, load_model_weights
 from training import distributed
 
 
@@ -207,7 +207,7 @@ def load_resume_state(
         )
     state["path"] = str(path)
     # Items of another --msize/--mdim would otherwise train on silently with the wrong size.
-    state["items"] = load_memory_items(
+    state["items"] = check_memory_items(
         state["items"], args.msize, args.mdim, source=str(path),
         hint="give the --msize and --mdim the run was trained with",
     )  # fmt: skip
