@@ -27,8 +27,9 @@ from common.errors import InputError
 from common.files import write_text
 from common.outputs import check_outputs
 from data.datasets import DATASET_TYPES, dataset_dir_for
+from data.frame_folders import find_split_dir, list_videos
 from data.frame_store import add_frames_flag
-from data.frames import FrameWindowDataset, find_split_dir, list_videos
+from data.frames import FrameWindowDataset
 from data.labels import load_frame_labels, locate_labels
 from inference.benchmark import (
     ScoringSettings,

@@ -36,8 +36,9 @@ from common.files import folder_lock
 from common.outputs import check_outputs
 from data.datasets import DATASET_TYPES, dataset_dir_for
 from data.device_frames import DeviceWindows
+from data.frame_folders import find_split_dir, list_videos
 from data.frame_store import add_frames_flag, choose_frames
-from data.frames import FrameWindowDataset, find_split_dir, list_videos
+from data.frames import FrameWindowDataset
 from inference.config import FALSE_ALARM_RATE
 from model import checkpoint as checkpoint_format
 from model.config import ModelConfig, check_frame_size

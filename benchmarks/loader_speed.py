@@ -20,14 +20,10 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from common.errors import InputError  # noqa: E402
-from data.frames import (  # noqa: E402
-    FrameCache,
-    FrameWindowDataset,
-    decode_frame,
-    find_split_dir,
-    frames_to_tensor,
-    list_videos,
-)
+from data.decoding import decode_frame
+from data.frame_cache import FrameCache
+from data.frame_folders import find_split_dir, list_videos
+from data.frames import FrameWindowDataset, frames_to_tensor
 
 
 def per_window_epoch(dataset: FrameWindowDataset) -> float:

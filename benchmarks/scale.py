@@ -98,14 +98,11 @@ def child(args: argparse.Namespace) -> None:
     import torch
     from torch.utils.data import DataLoader
 
+    from data.decoding import usable_cpus
+    from data.frame_cache import FrameCache
+    from data.frame_folders import list_videos
     from data.frame_store import FrameStore
-    from data.frames import (
-        FrameCache,
-        FrameWindowDataset,
-        frames_to_tensor,
-        list_videos,
-        usable_cpus,
-    )
+    from data.frames import FrameWindowDataset, frames_to_tensor
     from training.loop import epoch_batches
 
     torch.set_num_threads(1)  # the model steps below use the process's own setting

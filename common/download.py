@@ -26,6 +26,7 @@ import time
 import urllib.error
 import urllib.parse
 import urllib.request
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -211,112 +212,140 @@ def download_file(
         check_url(url)
     _check_destination(url, dest)
     default_bytes, default_seconds = download_limits()
-    max_bytes = size if size is not None else (max_bytes or default_bytes)
-    max_seconds = max_seconds or default_seconds
-    deadline = time.monotonic() + max_seconds
+    job = _Download(
+        url, dest, _part_path(dest), size, hint,
+        max_bytes=size if size is not None else (max_bytes or default_bytes),
+        max_seconds=max_seconds or default_seconds,
+    )  # fmt: skip
     dest.parent.mkdir(parents=True, exist_ok=True)
-    part = _part_path(dest)
-    offset = part.stat().st_size if part.exists() else 0
     digest = hashlib.sha256()
-
-    def too_large(n_bytes: int, known: bool) -> InputError:
-        part.unlink(missing_ok=True)
-        _validator_path(dest).unlink(missing_ok=True)
-        amount = f"is {_amount(n_bytes)}" if known else f"went past {_amount(n_bytes)}"
-        if size is not None:
-            bound, fix = f"the expected {_amount(size)}", hint
-        else:
-            bound = f"the maximum {_amount(max_bytes)} ({MAX_MB_VARIABLE})"
-            fix = f"set {MAX_MB_VARIABLE} to allow more, or {hint}"
-        return InputError(f"download of {url} {amount}, more than {bound}; nothing was kept; {fix}")
-
     try:
-        if_range = _if_range(_read_validator(dest, url))
-        response, resumed = _open(url, offset, if_range, min(TIMEOUT_S, max_seconds))
-        with response:
-            if resumed:
-                with open(part, "rb") as handle:
-                    while chunk := handle.read(CHUNK_BYTES):
-                        digest.update(chunk)
-            else:
-                offset = 0
-                _record_validator(dest, url, response.headers)
-            length = response.headers.get("Content-Length")
-            total = offset + int(length) if length is not None else size
-            if total is not None and total > max_bytes:
-                raise too_large(total, known=True)
-            free = shutil.disk_usage(dest.parent).free
-            if total is not None and total - offset + FREE_SPACE_MARGIN_BYTES > free:
-                raise InputError(
-                    f"download of {url} needs {_amount(total - offset)} but {dest.parent} "
-                    f"has {_amount(free)} free; free space, or {hint}"
-                )
-            # read1 returns what has arrived, so a trickling server meets the deadline too.
-            read = getattr(response, "read1", response.read)
-            received = offset
-            with (
-                open(part, "ab" if resumed else "wb") as out,
-                tqdm(
-                    total=total,
-                    initial=offset,
-                    unit="B",
-                    unit_scale=True,
-                    unit_divisor=1024,
-                    desc=dest.name,
-                    disable=not progress,
-                ) as bar,
-            ):
-                while chunk := read(CHUNK_BYTES):
-                    received += len(chunk)
-                    if received > max_bytes:
-                        out.close()
-                        raise too_large(max_bytes, known=False)
-                    out.write(chunk)
-                    digest.update(chunk)
-                    bar.update(len(chunk))
-                    if time.monotonic() > deadline:
-                        raise InputError(
-                            f"download of {url} took longer than {max_seconds / 60:g} minutes "
-                            f"({MAX_MINUTES_VARIABLE}), {_amount(received)} received; run "
-                            f"again to resume, set {MAX_MINUTES_VARIABLE} higher, or {hint}"
-                        )
+        total = _transfer(job, digest, progress)
     except (urllib.error.URLError, http.client.HTTPException, OSError, ValueError) as error:
-        reason = getattr(error, "reason", None) or error
-        if urllib.parse.urlparse(url).scheme == "file":  # a local file: no connection involved
-            local = Path(urllib.request.url2pathname(urllib.parse.urlparse(url).path))
-            problem = "does not exist" if not local.exists() else f"cannot be read ({reason})"
-            raise InputError(f"{url}: the file {local} {problem}; check the path") from error
-        if isinstance(error, OSError) and error.errno in (errno.ENOSPC, errno.EDQUOT):
-            raise InputError(
-                f"download of {url}: {dest.parent} ran out of disk space ({reason}); free "
-                f"space and run again to resume, or {hint}"
-            ) from error
-        raise InputError(
-            f"could not download {url} ({reason}); check the connection and run again "
-            f"(a partial download resumes), or {hint}"
-        ) from error
-
-    received = part.stat().st_size
-    expected_size = size if size is not None else total
-    if expected_size is not None and received != expected_size:
-        if received > expected_size:
-            part.unlink()
-            _validator_path(dest).unlink(missing_ok=True)
-        raise InputError(
-            f"download of {url} has {received} bytes, expected {expected_size}; run again to "
-            f"resume, or {hint}"
-        )
-    actual = digest.hexdigest()
-    if sha256 is not None and actual != sha256.lower():
-        part.unlink()
-        _validator_path(dest).unlink(missing_ok=True)
-        raise InputError(
-            f"checksum mismatch for {url}: expected sha256 {sha256.lower()}, got {actual}; the "
-            f"file was deleted; run again, or {hint}"
-        )
-    os.replace(part, dest)
+        raise _failure(job, error) from error
+    _verify(job, total, digest.hexdigest(), sha256)
+    os.replace(job.part, dest)
     _validator_path(dest).unlink(missing_ok=True)
     return dest
+
+
+@dataclass(frozen=True)
+class _Download:
+    """One call of :func:`download_file`: where from, where to, and its bounds."""
+
+    url: str
+    dest: Path
+    part: Path  # where the bytes arrive: dest + ".part"
+    size: int | None  # the expected size, bytes (None: the server's Content-Length)
+    hint: str  # the manual fallback messages suggest
+    max_bytes: int
+    max_seconds: float
+
+    def too_large(self, n_bytes: int, known: bool) -> InputError:
+        """The refusal of a file past its bound; the partial file is deleted first."""
+        self.part.unlink(missing_ok=True)
+        _validator_path(self.dest).unlink(missing_ok=True)
+        amount = f"is {_amount(n_bytes)}" if known else f"went past {_amount(n_bytes)}"
+        if self.size is not None:
+            bound, fix = f"the expected {_amount(self.size)}", self.hint
+        else:
+            bound = f"the maximum {_amount(self.max_bytes)} ({MAX_MB_VARIABLE})"
+            fix = f"set {MAX_MB_VARIABLE} to allow more, or {self.hint}"
+        return InputError(
+            f"download of {self.url} {amount}, more than {bound}; nothing was kept; {fix}"
+        )
+
+
+def _transfer(job: _Download, digest: Any, progress: bool) -> int | None:
+    """Stream the URL into ``job.part`` (resuming where the server proves it may), hashing
+    every byte of the whole file into ``digest``; the file's total size when known."""
+    deadline = time.monotonic() + job.max_seconds
+    offset = job.part.stat().st_size if job.part.exists() else 0
+    if_range = _if_range(_read_validator(job.dest, job.url))
+    response, resumed = _open(job.url, offset, if_range, min(TIMEOUT_S, job.max_seconds))
+    with response:
+        if resumed:
+            with open(job.part, "rb") as handle:
+                while chunk := handle.read(CHUNK_BYTES):
+                    digest.update(chunk)
+        else:
+            offset = 0
+            _record_validator(job.dest, job.url, response.headers)
+        length = response.headers.get("Content-Length")
+        total = offset + int(length) if length is not None else job.size
+        if total is not None and total > job.max_bytes:
+            raise job.too_large(total, known=True)
+        free = shutil.disk_usage(job.dest.parent).free
+        if total is not None and total - offset + FREE_SPACE_MARGIN_BYTES > free:
+            raise InputError(
+                f"download of {job.url} needs {_amount(total - offset)} but "
+                f"{job.dest.parent} has {_amount(free)} free; free space, or {job.hint}"
+            )
+        # read1 returns what has arrived, so a trickling server meets the deadline too.
+        read = getattr(response, "read1", response.read)
+        received = offset
+        with (
+            open(job.part, "ab" if resumed else "wb") as out,
+            tqdm(
+                total=total, initial=offset, unit="B", unit_scale=True, unit_divisor=1024,
+                desc=job.dest.name, disable=not progress,
+            ) as bar,
+        ):  # fmt: skip
+            while chunk := read(CHUNK_BYTES):
+                received += len(chunk)
+                if received > job.max_bytes:
+                    out.close()
+                    raise job.too_large(job.max_bytes, known=False)
+                out.write(chunk)
+                digest.update(chunk)
+                bar.update(len(chunk))
+                if time.monotonic() > deadline:
+                    raise InputError(
+                        f"download of {job.url} took longer than {job.max_seconds / 60:g} "
+                        f"minutes ({MAX_MINUTES_VARIABLE}), {_amount(received)} received; run "
+                        f"again to resume, set {MAX_MINUTES_VARIABLE} higher, or {job.hint}"
+                    )
+    return total
+
+
+def _failure(job: _Download, error: BaseException) -> InputError:
+    """The one-line message for a transfer that failed (the ``.part`` is kept to resume)."""
+    url, reason = job.url, getattr(error, "reason", None) or error
+    if urllib.parse.urlparse(url).scheme == "file":  # a local file: no connection involved
+        local = Path(urllib.request.url2pathname(urllib.parse.urlparse(url).path))
+        problem = "does not exist" if not local.exists() else f"cannot be read ({reason})"
+        return InputError(f"{url}: the file {local} {problem}; check the path")
+    if isinstance(error, OSError) and error.errno in (errno.ENOSPC, errno.EDQUOT):
+        return InputError(
+            f"download of {url}: {job.dest.parent} ran out of disk space ({reason}); free "
+            f"space and run again to resume, or {job.hint}"
+        )
+    return InputError(
+        f"could not download {url} ({reason}); check the connection and run again "
+        f"(a partial download resumes), or {job.hint}"
+    )
+
+
+def _verify(job: _Download, total: int | None, actual: str, sha256: str | None) -> None:
+    """Refuse a finished transfer of the wrong size (an oversized file is deleted, a short
+    one kept to resume) or with another sha256 than ``sha256`` (deleted)."""
+    received = job.part.stat().st_size
+    expected_size = job.size if job.size is not None else total
+    if expected_size is not None and received != expected_size:
+        if received > expected_size:
+            job.part.unlink()
+            _validator_path(job.dest).unlink(missing_ok=True)
+        raise InputError(
+            f"download of {job.url} has {received} bytes, expected {expected_size}; run again "
+            f"to resume, or {job.hint}"
+        )
+    if sha256 is not None and actual != sha256.lower():
+        job.part.unlink()
+        _validator_path(job.dest).unlink(missing_ok=True)
+        raise InputError(
+            f"checksum mismatch for {job.url}: expected sha256 {sha256.lower()}, got {actual}; "
+            f"the file was deleted; run again, or {job.hint}"
+        )
 
 
 def default_cache_dir() -> Path:

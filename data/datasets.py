@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from common.errors import InputError
-from data.frames import SPLIT_FOLDER_NAMES
+from data.frame_folders import SPLIT_FOLDER_NAMES
 
 DATASET_TYPES = ("ped2", "avenue", "shanghai", "demo")
 

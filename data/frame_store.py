@@ -28,18 +28,14 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-import data.frames as frame_tree
+import data.decoding as decoding
 from common.errors import InputError
 from common.files import atomic_write, exclusive_lock
 from common.outputs import check_creatable_folder
-from data.frames import (
-    FrameCache,
-    Video,
-    cache_file,
-    map_in_processes,
-    open_video_file,
-    usable_cpus,
-)
+from data.decoding import map_in_processes, usable_cpus
+from data.frame_cache import FrameCache, cache_file
+from data.frame_folders import Video
+from data.frames import open_video_file
 
 FRAMES_CHOICES = ("auto", "memory", "disk")
 FRAMES_HELP = (
@@ -230,7 +226,7 @@ def write_video_file(path: Path, frame_paths: Sequence[Path], height: int, width
                 handle, _npy_header(len(frame_paths), height, width)
             )
             for frame_path in frame_paths:
-                handle.write(frame_tree.decode_frame(frame_path, height, width).tobytes())
+                handle.write(decoding.decode_frame(frame_path, height, width).tobytes())
 
     atomic_write(path, write)
     return len(frame_paths)

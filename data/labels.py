@@ -19,7 +19,7 @@ import scipy.io
 
 from common.errors import InputError
 from common.files import atomic_write
-from data.frames import SPLIT_FOLDER_NAMES, Video, natural_sort_key
+from data.frame_folders import SPLIT_FOLDER_NAMES, Video, natural_sort_key
 
 SUPPORTED_FORMATS = (
     "ano_pred .mat with variable 'gt' (1xV cell of 2xK [first; last] 1-based frame ranges)",

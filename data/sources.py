@@ -15,15 +15,15 @@ import numpy as np
 import torch
 
 from common.errors import InputError
-from data.frames import (
+from data.decoding import read_image
+from data.frame_folders import (
     IMAGE_EXTENSIONS,
     check_frame_order,
     find_split_dir,
-    frames_to_tensor,
     list_videos,
     natural_sort_key,
-    read_image,
 )
+from data.frames import frames_to_tensor
 
 VIDEO_EXTENSIONS = (".avi", ".mp4", ".mov", ".mkv", ".m4v", ".mpg", ".mpeg", ".wmv", ".webm")
 
@@ -41,7 +41,8 @@ def to_bgr(image: np.ndarray) -> np.ndarray:
 
 def preprocess(image: np.ndarray, height: int, width: int) -> torch.Tensor:
     """A BGR frame of any size as the model sees it: ``(3, height, width)`` in [-1, 1]
-    (bilinear resize, then x / 127.5 - 1: ``data.frames.decode_frame`` + ``frames_to_tensor``)."""
+    (bilinear resize, then x / 127.5 - 1: ``data.decoding.decode_frame`` +
+    ``data.frames.frames_to_tensor``)."""
     resized = cv2.resize(to_bgr(image), (width, height), interpolation=cv2.INTER_LINEAR)
     return frames_to_tensor(resized)
 

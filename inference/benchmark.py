@@ -16,8 +16,9 @@ from tqdm import tqdm
 
 from common.errors import InputError
 from common.files import atomic_write
+from data.frame_folders import Video
 from data.frame_store import choose_frames
-from data.frames import FrameWindowDataset, Video, frames_to_tensor
+from data.frames import FrameWindowDataset, frames_to_tensor
 from inference.config import EVAL_BATCH_SIZE, GAMMA, LAMBDA
 from inference.video import QualityMetric, ScoringFunctions, VideoScores, evaluate_video
 from model import LGNNet

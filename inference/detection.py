@@ -19,7 +19,7 @@ from tqdm import tqdm
 
 from common.errors import InputError
 from common.files import PendingFile
-from data.frames import find_split_dir, list_videos
+from data.frame_folders import find_split_dir, list_videos
 from data.labels import load_frame_labels
 from data.sources import FrameSource, image_folder_source
 from inference.annotate import AnnotatedVideo

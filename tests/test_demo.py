@@ -11,7 +11,7 @@ import pytest
 
 import data.demo as demo_module
 from data.demo import COMPLETE_MARKER, ensure_demo_dataset
-from data.frames import find_split_dir, list_videos
+from data.frame_folders import find_split_dir, list_videos
 from data.labels import load_frame_labels
 
 SMALL = dict(height=32, width=48, train_videos=2, test_videos=3, min_frames=30, max_frames=36)
@@ -127,7 +127,7 @@ def test_default_size_meets_the_quickstart_budget(tmp_path):
 
 def _generate_and_read_everything(root: str) -> int:
     """In a separate process: what each torchrun process does first with the demo data."""
-    from data.frames import decode_frame
+    from data.decoding import decode_frame
 
     demo_dir = ensure_demo_dataset(Path(root), **SMALL)
     frames = 0

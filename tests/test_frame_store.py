@@ -15,13 +15,17 @@ import pytest
 import torch
 from torch.utils.data import DataLoader
 
+import data.decoding as decoding
+import data.frame_cache as frame_cache
 import data.frame_store as store_module
-import data.frames as frames_module
 import evaluate
 import train
 from common.errors import InputError
+from data.decoding import decode_frame
 from data.demo import ensure_demo_dataset
 from data.device_frames import DeviceWindows, frames_nbytes
+from data.frame_cache import FrameCache
+from data.frame_folders import Video, list_videos
 from data.frame_store import (
     FrameStore,
     MemoryBudget,
@@ -29,7 +33,7 @@ from data.frame_store import (
     default_store_dir,
     memory_budget,
 )
-from data.frames import FrameCache, FrameWindowDataset, Video, decode_frame, list_videos
+from data.frames import FrameWindowDataset
 from inference.benchmark import ScoringSettings, score_test_videos
 from model import LGNNet, init_memory_items
 from model import checkpoint as checkpoint_format
@@ -61,14 +65,14 @@ def decode_log(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     calls made in forked worker processes."""
     log = tmp_path / "decodes.log"
     log.touch()
-    real_decode = frames_module.decode_frame
+    real_decode = decoding.decode_frame
 
     def logging_decode(path, height, width):
         with open(log, "a") as handle:
             handle.write(f"{path}\n")
         return real_decode(path, height, width)
 
-    monkeypatch.setattr(frames_module, "decode_frame", logging_decode)
+    monkeypatch.setattr(decoding, "decode_frame", logging_decode)
     return log
 
 
@@ -125,7 +129,7 @@ def test_a_stopped_first_pass_resumes_with_the_missing_videos(
     videos: list, tmp_path: Path, decode_log: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     store = FrameStore(tmp_path / "store", H, W, processes=1)
-    logging_decode = frames_module.decode_frame
+    logging_decode = decoding.decode_frame
     calls = {"n": 0}
 
     def interrupted_decode(path, height, width):  # Ctrl-C during the second video
@@ -134,7 +138,7 @@ def test_a_stopped_first_pass_resumes_with_the_missing_videos(
             raise KeyboardInterrupt
         return logging_decode(path, height, width)
 
-    monkeypatch.setattr(frames_module, "decode_frame", interrupted_decode)
+    monkeypatch.setattr(decoding, "decode_frame", interrupted_decode)
     with pytest.raises(KeyboardInterrupt):
         store.fill(videos)
     size_dir = tmp_path / "store" / f"{H}x{W}"
@@ -142,7 +146,7 @@ def test_a_stopped_first_pass_resumes_with_the_missing_videos(
     assert [p.name for p in size_dir.iterdir()] == [store.file(videos[2]).name]
     first_pass = len(_decoded(decode_log))
 
-    monkeypatch.setattr(frames_module, "decode_frame", logging_decode)
+    monkeypatch.setattr(decoding, "decode_frame", logging_decode)
     resumed = FrameStore(tmp_path / "store", H, W, processes=2)  # a new run, two processes
     files = resumed.fill(videos)
     decoded_again = _decoded(decode_log)[first_pass:]
@@ -217,7 +221,7 @@ def test_frames_nbytes_and_device_windows_from_a_store(videos: list, tmp_path: P
 def test_in_memory_decoding_in_processes_equals_one_process(
     videos: list, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(frames_module, "_POOL_MIN_FRAMES", 1)
+    monkeypatch.setattr(frame_cache, "_POOL_MIN_FRAMES", 1)
     parallel = FrameCache(H, W, processes=3).get_all(videos)
     for video, frames in zip(videos, parallel, strict=True):
         np.testing.assert_array_equal(frames, FrameCache(H, W).get(video))

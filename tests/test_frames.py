@@ -1,4 +1,5 @@
-"""Frame trees, decoding, windows and the frame cache (data/frames.py)."""
+"""Frame trees, decoding, windows and the frame cache (data/frame_folders.py,
+data/decoding.py, data/frame_cache.py, data/frames.py)."""
 
 from __future__ import annotations
 
@@ -11,18 +12,12 @@ import numpy as np
 import pytest
 import torch
 
-import data.frames as frames_module
+import data.decoding as decoding
 from common.errors import InputError
-from data.frames import (
-    FrameCache,
-    FrameWindowDataset,
-    Video,
-    decode_frame,
-    find_split_dir,
-    frames_to_tensor,
-    list_videos,
-    open_split,
-)
+from data.decoding import decode_frame
+from data.frame_cache import FrameCache
+from data.frame_folders import Video, find_split_dir, list_videos
+from data.frames import FrameWindowDataset, frames_to_tensor, open_split
 
 H, W = 6, 8
 
@@ -180,13 +175,13 @@ def test_open_split_finds_the_videos(tmp_path):
 def count_decodes(monkeypatch):
     """Counts decode_frame calls per file, still decoding for real."""
     calls: dict[Path, int] = {}
-    real_decode = frames_module.decode_frame
+    real_decode = decoding.decode_frame
 
     def counting_decode(path, height, width):
         calls[path] = calls.get(path, 0) + 1
         return real_decode(path, height, width)
 
-    monkeypatch.setattr(frames_module, "decode_frame", counting_decode)
+    monkeypatch.setattr(decoding, "decode_frame", counting_decode)
     return calls
 
 

@@ -9,7 +9,7 @@ import pytest
 import scipy.io
 
 from common.errors import InputError
-from data.frames import Video, find_split_dir, list_videos
+from data.frame_folders import Video, find_split_dir, list_videos
 from data.labels import label_runs, load_frame_labels, write_ano_pred_mat
 
 # Three test videos of 6, 4 and 5 frames, with these hand-written labels (1 = abnormal).

@@ -22,8 +22,9 @@ import pytest
 import scipy.io
 
 from common.errors import InputError
+from data import converters, official_sources
 from data import prepare as prep
-from data.frames import find_split_dir, list_videos
+from data.frame_folders import find_split_dir, list_videos
 from data.labels import load_frame_labels
 
 H, W = 12, 16
@@ -256,7 +257,7 @@ def sha256(path: Path) -> str:
 def test_every_official_download_is_pinned_by_sha256_and_size():
     """A substituted archive (anyone on the plain-http path can serve one) must be refused
     before it is unpacked: every official file carries its SHA-256 and byte size."""
-    downloads = [d for group in prep.OFFICIAL_DOWNLOADS.values() for d in group]
+    downloads = [d for group in official_sources.OFFICIAL_DOWNLOADS.values() for d in group]
     names = sorted(d.url.rsplit("/", 1)[1] for d in downloads)
     assert names == ["Avenue_Dataset.zip", "UCSD_Anomaly_Dataset.tar.gz", "ground_truth_demo.zip"]
     for download in downloads:
@@ -272,10 +273,10 @@ def test_ped2_download_end_to_end(tmp_path, http_root, monkeypatch, capsys):
         "UCSD_Anomaly_Dataset.v1p2",
         www / "UCSD_Anomaly_Dataset.tar.gz",
     )
-    download = prep.Download(
+    download = official_sources.Download(
         f"{base}/UCSD_Anomaly_Dataset.tar.gz", archive.stat().st_size, sha256(archive)
     )
-    monkeypatch.setitem(prep.OFFICIAL_DOWNLOADS, "ped2", (download,))
+    monkeypatch.setitem(official_sources.OFFICIAL_DOWNLOADS, "ped2", (download,))
     root = tmp_path / "datasets"
     assert prep.main(["ped2", "--root", str(root), "--quiet"]) == 0
     assert "sha256" not in capsys.readouterr().err  # known: nothing to warn about
@@ -291,11 +292,11 @@ def test_avenue_download_keeps_archives_and_reuses_them(tmp_path, http_root, mon
     make_archive(videos, "Avenue Dataset", www / "Avenue_Dataset.zip")
     make_archive(gt, "ground_truth_demo", www / "ground_truth_demo.zip")
     monkeypatch.setitem(
-        prep.OFFICIAL_DOWNLOADS,
+        official_sources.OFFICIAL_DOWNLOADS,
         "avenue",
         (
-            prep.Download(f"{base}/Avenue_Dataset.zip"),
-            prep.Download(f"{base}/ground_truth_demo.zip"),
+            official_sources.Download(f"{base}/Avenue_Dataset.zip"),
+            official_sources.Download(f"{base}/ground_truth_demo.zip"),
         ),
     )
     root = tmp_path / "datasets"
@@ -325,9 +326,9 @@ def test_checksum_mismatch_stops_before_converting(tmp_path, http_root, monkeypa
     archive = make_archive(build_ucsd(tmp_path / "src"), "u", www / "UCSD_Anomaly_Dataset.tar.gz")
     wrong = "ab" * 32
     monkeypatch.setitem(
-        prep.OFFICIAL_DOWNLOADS,
+        official_sources.OFFICIAL_DOWNLOADS,
         "ped2",
-        (prep.Download(f"{base}/UCSD_Anomaly_Dataset.tar.gz", sha256=wrong),),
+        (official_sources.Download(f"{base}/UCSD_Anomaly_Dataset.tar.gz", sha256=wrong),),
     )
     root = tmp_path / "datasets"
     with pytest.raises(SystemExit) as info:
@@ -387,7 +388,7 @@ def test_shanghai_from_source(tmp_path, as_archive):
 def test_shanghai_requires_source(tmp_path):
     with pytest.raises(InputError, match="--source") as info:
         prep.prepare("shanghai", tmp_path, None, progress=False)
-    assert prep.SHANGHAI_PAGE in str(info.value)
+    assert official_sources.SHANGHAI_PAGE in str(info.value)
     assert not list(tmp_path.iterdir())
 
 
@@ -436,15 +437,15 @@ def test_video_frames_are_written_as_they_are_decoded(tmp_path, monkeypatch):
         def release(self) -> None:
             pass
 
-    real_write = prep._write_image
+    real_write = converters._write_image
 
     def write(path: Path, image: np.ndarray) -> None:
         real_write(path, image)
         held[0] -= 1
 
-    monkeypatch.setattr(prep.cv2, "VideoCapture", Capture)
-    monkeypatch.setattr(prep, "_write_image", write)
-    assert prep._decode_video(tmp_path / "long.avi", tmp_path / "out") == n_frames
+    monkeypatch.setattr(converters.cv2, "VideoCapture", Capture)
+    monkeypatch.setattr(converters, "_write_image", write)
+    assert converters._decode_video(tmp_path / "long.avi", tmp_path / "out") == n_frames
     assert most_held[0] == 1
     # Four digits once the video needs them, and the frames in decoding order.
     assert frame_names(tmp_path / "out") == [f"{k:04d}.jpg" for k in range(n_frames)]

@@ -364,7 +364,8 @@ def first_test_video(
 ) -> FrameWindowDataset | None:
     """The first video of the test split (decoded now, at the run's size) for the sample
     grid; None when the dataset has no test split or its first video is too short."""
-    from data.frames import FrameCache, find_split_dir, list_videos
+    from data.frame_cache import FrameCache
+    from data.frame_folders import find_split_dir, list_videos
 
     try:
         videos = list_videos(find_split_dir(dataset_dir, "testing"))
@@ -389,7 +390,7 @@ def open_test_evaluation(
     Raises:
         InputError: no test split, or no labels for it (naming the file and the fix).
     """
-    from data.frames import find_split_dir, list_videos
+    from data.frame_folders import find_split_dir, list_videos
     from data.labels import load_frame_labels, locate_labels
     from inference.benchmark import open_test_windows
 
