@@ -106,7 +106,8 @@ def main() -> None:
         torch.set_num_threads(args.threads)
     from data.datasets import dataset_dir_for
     from data.demo import ensure_demo_dataset
-    from data.frames import FrameWindowDataset, find_split_dir, list_videos
+    from data.frame_folders import find_split_dir, list_videos
+    from data.frames import FrameWindowDataset
     from model.config import ModelConfig
     from training.loop import epoch_batches
 

@@ -42,7 +42,8 @@ def one_line_error(main, *args: object) -> str:
 
 def training_windows(tiny_dataset: Path, height: int, width: int, t_length: int):
     """The windows of the shared tiny dataset's training videos at ``height`` x ``width``."""
-    from data.frames import FrameWindowDataset, find_split_dir, list_videos
+    from data.frame_folders import find_split_dir, list_videos
+    from data.frames import FrameWindowDataset
 
     videos = list_videos(find_split_dir(tiny_dataset / "ped2", "training"))
     return FrameWindowDataset(videos, height, width, t_length=t_length)
@@ -71,6 +72,24 @@ def train_tiny(dataset_root: Path, output_root: Path, *extra: str) -> Path:
     argv = ["--dataset_type", "ped2", "--dataset_path", str(dataset_root)]
     argv += ["--output_root", str(output_root), *TINY_TRAIN_FLAGS, *extra]
     return train.main(train.get_args_parser().parse_args(argv))
+
+
+def stop_training_after(
+    monkeypatch: pytest.MonkeyPatch, checks: int, signal_name: str = "SIGTERM"
+) -> None:
+    """Make training's stop check report ``signal_name`` from its ``checks``-th call on (one
+    call per step), as if the signal arrived then: train.py saves mid-epoch and exits."""
+    from training.loop import StopRequested
+
+    calls = {"count": 0}
+
+    def stop_from_then_on(self: StopRequested) -> bool:
+        calls["count"] += 1
+        if calls["count"] >= checks:
+            self.signal_name = signal_name
+        return self.signal_name is not None
+
+    monkeypatch.setattr(StopRequested, "__bool__", stop_from_then_on)
 
 
 @pytest.fixture(scope="session")

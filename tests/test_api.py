@@ -97,10 +97,10 @@ def test_scorer_gives_the_protocols_numbers_for_arrays_folders_and_files(
 def test_export_keeps_what_inference_needs_in_fp16(checkpoint: Path, tmp_path: Path) -> None:
     published = tmp_path / "lgn_net_tiny.pth"
     assert pretrained.main(["export", str(checkpoint), str(published)]) == 0
-    saved = torch.load(published, weights_only=False)
+    saved = torch.load(published, weights_only=True)
     assert (saved["format"], saved["kind"]) == ("lgn-net", "inference") and "optimizer" not in saved
     assert saved["model"]["decoder.moduleDeconv1.6.weight"].dtype == torch.float16
-    source = torch.load(checkpoint, weights_only=False)
+    source = torch.load(checkpoint, weights_only=True)
     assert saved["items"].dtype == torch.float32 and saved["epoch"] == source["epoch"]
     assert saved["calibration"] == source["calibration"]
     # The trainer's folders stay behind; the run's settings travel.

@@ -12,13 +12,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import train_tiny
+from conftest import stop_training_after, train_tiny
 
 import evaluate
 import train
 from inference.video import evaluate_video
 from model import LGNNet, init_memory_items, update_memory
-from training.loop import StopRequested
 from utils import frame_errors, point_score, psnr_from_mse
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -31,7 +30,7 @@ def test_training_writes_every_artefact(trained_run: Path) -> None:
     assert [record["epoch"] for record in log] == [1]
     assert {"loss", "pixel", "compact", "separate", "lr", "seconds"} <= set(log[0])
     # The reference-layout pair equals the checkpoint's content.
-    checkpoint = torch.load(trained_run / "checkpoint.pth", weights_only=False)
+    checkpoint = torch.load(trained_run / "checkpoint.pth", weights_only=True)
     items = torch.load(trained_run / "keys.pt")
     assert torch.equal(items, checkpoint["items"])
     assert torch.allclose(items.norm(dim=1), torch.ones(items.shape[0]), atol=1e-5)
@@ -133,8 +132,8 @@ def test_batched_evaluation_equals_one_window_at_a_time(batch_size: int) -> None
 
 
 def assert_same_state(run_a: Path, run_b: Path) -> None:
-    a = torch.load(run_a / "checkpoint.pth", weights_only=False)
-    b = torch.load(run_b / "checkpoint.pth", weights_only=False)
+    a = torch.load(run_a / "checkpoint.pth", weights_only=True)
+    b = torch.load(run_b / "checkpoint.pth", weights_only=True)
     assert (a["epoch"], a["step"]) == (b["epoch"], b["step"])
     for key, value in a["model"].items():
         assert torch.allclose(value.float(), b["model"][key].float(), atol=1e-6), key
@@ -165,19 +164,11 @@ def test_sigterm_mid_epoch_saves_and_resumes_exactly(
     tiny_dataset: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     straight = train_tiny(tiny_dataset, tmp_path / "straight", "--epochs", "1")
-    checks = {"count": 0}
-
-    def signal_after_two_steps(self: StopRequested) -> bool:
-        checks["count"] += 1
-        if checks["count"] >= 2:
-            self.signal_name = "SIGTERM"
-        return self.signal_name is not None
-
-    monkeypatch.setattr(StopRequested, "__bool__", signal_after_two_steps)
+    stop_training_after(monkeypatch, 2, "SIGTERM")
     with pytest.raises(SystemExit) as stopped:
         train_tiny(tiny_dataset, tmp_path / "stopped", "--epochs", "1")
     assert stopped.value.code == 143
-    saved = torch.load(tmp_path / "stopped/ped2/log/checkpoint.pth", weights_only=False)
+    saved = torch.load(tmp_path / "stopped/ped2/log/checkpoint.pth", weights_only=True)
     assert (saved["epoch"], saved["step"]) == (0, 2)
     monkeypatch.undo()
     resumed = train_tiny(tiny_dataset, tmp_path / "stopped", "--epochs", "1", "--resume")

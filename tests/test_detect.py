@@ -15,7 +15,9 @@ import detect
 from common.cli import run_cli
 from common.errors import InputError
 from data import sources as frame_sources
-from data.frames import FrameWindowDataset, decode_frame, frames_to_tensor, list_videos
+from data.decoding import decode_frame
+from data.frame_folders import list_videos
+from data.frames import FrameWindowDataset, frames_to_tensor
 from data.labels import write_ano_pred_mat
 from inference import calibration as calib
 from inference import detection, events, streaming
@@ -281,8 +283,8 @@ def test_streaming_scores_equal_evaluate_video_and_cli_round_trip(tmp_path, tiny
         *rate,
         *FP32,
     )
-    saved = torch.load(checkpoint, weights_only=False)
-    original = torch.load(tiny_checkpoint, weights_only=False)  # calibrated in place above
+    saved = torch.load(checkpoint, weights_only=True)
+    original = torch.load(tiny_checkpoint, weights_only=True)  # calibrated in place above
     assert saved["calibration"] == original["calibration"]  # deterministic
     assert saved["epoch"] == 7 and torch.equal(saved["items"], original["items"])
     calibration = saved["calibration"]
@@ -339,7 +341,7 @@ def test_calibrate_training_run_reuses_the_training_frames(tmp_path):
     calibration = calib.calibrate_training_run(
         path, scorer.model, scorer.trained_items, dataset, false_alarm_rate=0.1
     )
-    saved = torch.load(path, weights_only=False)
+    saved = torch.load(path, weights_only=True)
     assert saved["calibration"] == calibration and saved["epoch"] == 3
     assert calibration["frames"] == (8 - 2) + (6 - 2) and calibration["videos"] == 2
 
@@ -432,7 +434,7 @@ def test_unreadable_inputs_give_one_line_errors_naming_them(tmp_path):
 
 def test_checkpoint_without_calibration_says_how_to_calibrate(tmp_path, tiny_checkpoint):
     bare = tmp_path / "bare.pth"
-    checkpoint = torch.load(tiny_checkpoint, weights_only=False)
+    checkpoint = torch.load(tiny_checkpoint, weights_only=True)
     checkpoint.pop("calibration", None)
     torch.save(checkpoint, bare)
     clip = write_video(tmp_path / "clip.avi", scene(4, 1, size=16))
@@ -459,7 +461,7 @@ def test_stream_ending_before_one_window_writes_empty_outputs_and_exits_2(
 
 def calibrated_copy(tiny_checkpoint: Path, folder: Path) -> Path:
     """The tiny checkpoint with a 100-frame calibration, written to ``folder``."""
-    checkpoint = torch.load(tiny_checkpoint, weights_only=False)
+    checkpoint = torch.load(tiny_checkpoint, weights_only=True)
     checkpoint["calibration"] = calib.calibration_from_scores(
         np.linspace(20.0, 21.0, 100), np.linspace(0.1, 0.2, 100)
     )

@@ -211,7 +211,7 @@ def test_torchrun_keeps_items_identical_resumes_and_evaluates(
     assert [int(step) for step in checked] == list(range(1, steps + 1))
     assert "sync check at the end of training: memory items and weights identical" in first.stderr
 
-    checkpoint = torch.load(run_dir / "checkpoint.pth", weights_only=False)
+    checkpoint = torch.load(run_dir / "checkpoint.pth", weights_only=True)
     assert (checkpoint["epoch"], checkpoint["step"], checkpoint["world_size"]) == (1, 0, 2)
     assert len(checkpoint["rng_by_rank"]) == 2
     assert torch.allclose(checkpoint["items"].norm(dim=1), torch.ones(10), atol=1e-5)
@@ -222,7 +222,7 @@ def test_torchrun_keeps_items_identical_resumes_and_evaluates(
     assert "resuming at epoch 2, step 0" in second.stderr
     log = [json.loads(line) for line in (run_dir / "log.jsonl").read_text().splitlines()]
     assert [record["epoch"] for record in log] == [1, 2]
-    resumed = torch.load(run_dir / "checkpoint.pth", weights_only=False)
+    resumed = torch.load(run_dir / "checkpoint.pth", weights_only=True)
     assert resumed["epoch"] == 2 and not torch.equal(resumed["items"], checkpoint["items"])
 
     argv = ["--dataset_type", "ped2", "--dataset_path", str(tiny_dataset)]

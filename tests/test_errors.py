@@ -213,7 +213,7 @@ def test_missing_weight_files_are_named(dataset_root: Path, tmp_path: Path) -> N
 def test_checkpoint_whose_entries_do_not_fit_names_the_entry(
     dataset_root: Path, trained_run: Path, checkpoint: Path, tmp_path: Path
 ) -> None:
-    saved = torch.load(checkpoint, weights_only=False)
+    saved = torch.load(checkpoint, weights_only=True)
     missing_key = "decoder.moduleDeconv1.6.bias"
     del saved["model"][missing_key]
     no_key = tmp_path / "no_key.pth"
@@ -493,7 +493,7 @@ def test_sigint_saves_a_resumable_checkpoint(dataset_root: Path, tmp_path: Path)
     assert not [p.name for p in run_dir.iterdir() if TEMP_FILE.match(p.name)]
 
     train.main(train_args(dataset_root, output_root, "--epochs", "2", "--resume"))
-    finished = torch.load(run_dir / "checkpoint.pth", weights_only=False)
+    finished = torch.load(run_dir / "checkpoint.pth", weights_only=True)
     assert (finished["epoch"], finished["step"]) == (2, 0)
     log = [json.loads(line) for line in (run_dir / "log.jsonl").read_text().splitlines()]
     assert [record["epoch"] for record in log][-1] == 2
@@ -537,10 +537,10 @@ def test_resume_with_more_epochs_follows_the_longer_schedule(
     learning rate a 2-epoch run has there (cosine: lr/2), not at the finished run's 0."""
     output_root = link_run(trained_run, tmp_path)
     run_dir = output_root / "ped2" / "log"
-    before = torch.load(run_dir / "checkpoint.pth", weights_only=False)
+    before = torch.load(run_dir / "checkpoint.pth", weights_only=True)
     assert before["optimizer"]["param_groups"][0]["lr"] == pytest.approx(0.0, abs=1e-12)
     train.main(train_args(dataset_root, output_root, "--epochs", "2", "--resume"))
-    after = torch.load(run_dir / "checkpoint.pth", weights_only=False)
+    after = torch.load(run_dir / "checkpoint.pth", weights_only=True)
     assert after["epoch"] == 2
     moved = [
         name
@@ -617,7 +617,7 @@ def test_a_run_that_fails_before_its_first_checkpoint_leaves_nothing(
     ],
 )
 def test_ambiguous_frame_names_are_refused(tmp_path: Path, names: list[str], expected: str) -> None:
-    from data.frames import list_videos
+    from data.frame_folders import list_videos
     from data.sources import open_input
 
     video = tmp_path / "training" / "01"
@@ -633,7 +633,7 @@ def test_ambiguous_frame_names_are_refused(tmp_path: Path, names: list[str], exp
 def test_damaged_jpeg_is_named_not_decoded_half_garbled(tmp_path: Path) -> None:
     """OpenCV decodes a damaged JPEG into a partly garbled frame, with a libjpeg warning
     that names no file; the loader refuses it, naming the file."""
-    from data.frames import decode_frame
+    from data.decoding import decode_frame
 
     rng = np.random.default_rng(0)
     image = cv2.GaussianBlur(rng.integers(0, 256, (120, 160, 3)).astype(np.uint8), (5, 5), 0)
@@ -665,7 +665,7 @@ def test_evaluate_refuses_another_frame_size_and_says_what_it_scores(
 def test_evaluate_names_a_mid_epoch_checkpoint(
     dataset_root: Path, checkpoint: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    saved = torch.load(checkpoint, weights_only=False)
+    saved = torch.load(checkpoint, weights_only=True)
     path = tmp_path / "checkpoint.pth"
     torch.save({**saved, "epoch": 3, "step": 7}, path)
     evaluate.main(eval_args(dataset_root, "--checkpoint", str(path)))
@@ -750,7 +750,7 @@ def test_wrong_advice_is_gone(dataset_root: Path, checkpoint: Path, trained_run:
     message = input_error(evaluate.main, eval_args(dataset_root, "--checkpoint", str(trained_run)))
     assert "is a folder" in message and "checkpoint.pth" in message
     # evaluate.py has --msize, not --mdim: the items error names only what exists.
-    saved = torch.load(checkpoint, weights_only=False)
+    saved = torch.load(checkpoint, weights_only=True)
     bad = checkpoint.parent / "bad_items.pth"
     torch.save({**saved, "items": torch.zeros(3, 64)}, bad)
     message = input_error(evaluate.main, eval_args(dataset_root, "--checkpoint", str(bad)))

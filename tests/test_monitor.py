@@ -12,11 +12,10 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import make_tiny_dataset, train_tiny
+from conftest import make_tiny_dataset, stop_training_after, train_tiny
 
 import evaluate
 from model import LGNNet, init_memory_items
-from training.loop import StopRequested
 from training.monitor import (
     FixedWindows,
     TrainingMonitor,
@@ -165,15 +164,7 @@ def test_interrupted_epoch_logs_the_whole_epoch_and_eval_every_matches_evaluate(
     assert (straight / "training_curves.png").stat().st_size > 1000
 
     # The same run stopped by SIGTERM after 2 of 6 steps, then resumed.
-    checks = {"count": 0}
-
-    def signal_after_two_steps(self: StopRequested) -> bool:
-        checks["count"] += 1
-        if checks["count"] >= 2:
-            self.signal_name = "SIGTERM"
-        return self.signal_name is not None
-
-    monkeypatch.setattr(StopRequested, "__bool__", signal_after_two_steps)
+    stop_training_after(monkeypatch, 2, "SIGTERM")
     with pytest.raises(SystemExit):
         train_tiny(small_dataset, tmp_path / "stopped", *flags)
     monkeypatch.undo()

@@ -10,11 +10,10 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import TINY_TRAIN_FLAGS, one_line_error, train_tiny
+from conftest import TINY_TRAIN_FLAGS, one_line_error, stop_training_after, train_tiny
 
 import train
 from common import cli
-from training.loop import StopRequested
 
 # Two steps an epoch on the tiny dataset's 41 windows: few steps keep these runs short.
 BATCH = ["--batch_size", "20"]
@@ -48,15 +47,7 @@ def test_a_stopped_run_resumed_with_a_bare_resume_finishes_as_if_never_stopped(
 ) -> None:
     """The issue's case: a 16x24 run stopped mid-epoch, resumed with only the paths and
     --resume, ends equal to the uninterrupted run (not restarted at 256x256, 60 epochs)."""
-    stops = {"checks": 0}
-
-    def stop_after_one_step(self: StopRequested) -> bool:
-        stops["checks"] += 1
-        if stops["checks"] >= 1:
-            self.signal_name = "SIGINT"
-        return self.signal_name is not None
-
-    monkeypatch.setattr(StopRequested, "__bool__", stop_after_one_step)
+    stop_training_after(monkeypatch, 1, "SIGINT")
     with pytest.raises(SystemExit):
         train_tiny(tiny_dataset, tmp_path, "--epochs", "1", *BATCH)
     monkeypatch.undo()

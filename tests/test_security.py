@@ -29,7 +29,8 @@ import model.pretrained as pretrained
 import train
 from common.download import file_sha256
 from common.errors import InputError
-from data.frames import FrameWindowDataset, find_split_dir, list_videos
+from data.frame_folders import find_split_dir, list_videos
+from data.frames import FrameWindowDataset
 from inference import load_scorer
 from inference.calibration import calibrate_training_run
 from model import LGNNet
