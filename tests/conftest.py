@@ -92,6 +92,37 @@ def stop_training_after(
     monkeypatch.setattr(StopRequested, "__bool__", stop_from_then_on)
 
 
+def window_by_window_scores(model, frames: torch.Tensor, items: torch.Tensor, gamma: float):
+    """The reference release's test-time order, as an independent expectation: each window's
+    full forward on its own (``frames`` ``(T, C, H, W)`` in [-1, 1]), the point score read on
+    the host, the memory updated there when it is below ``gamma``. Returns the PSNRs (dB) and
+    feature distances as arrays, the point scores, the update decision of every window and
+    the final items."""
+    import math
+
+    import numpy as np
+
+    from model.memory import update_memory
+
+    psnrs, distances, points, updated = [], [], [], []
+    context = model.t_length - 1
+    with torch.no_grad():
+        for start in range(frames.shape[0] - context):
+            window = frames[start : start + context].reshape(1, -1, *frames.shape[-2:])
+            out = model(window, items, train=False)
+            target = frames[start + context : start + context + 1]
+            errors = ((out.prediction + 1) / 2 - (target + 1) / 2) ** 2
+            weights = 1 - torch.exp(-errors)
+            point = float((weights * errors).sum() / weights.sum())
+            psnrs.append(10 * math.log10(1 / float(errors.mean())))
+            distances.append(float(out.feature_distance))
+            points.append(point)
+            updated.append(point < gamma)
+            if point < gamma:
+                items = update_memory(out.queries, items)
+    return np.array(psnrs), np.array(distances), points, updated, items
+
+
 @pytest.fixture(scope="session")
 def tiny_dataset(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """``<root>/ped2``: 2 training and 2 labelled test videos of 20-22 frames; returns root."""

@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import training_windows
+from conftest import training_windows, window_by_window_scores
 from torch.utils.data import DataLoader
 
 import training.loop
@@ -18,7 +18,7 @@ from common.errors import InputError
 from data.device_frames import DeviceWindows
 from data.frames import FrameWindowDataset
 from inference.video import compiled_scoring_functions, evaluate_video
-from model import LGNNet, init_memory_items, update_memory
+from model import LGNNet, init_memory_items
 from training.loop import StepModel, epoch_batches, train_one_epoch
 
 TINY = {"msize": 4, "fdim": 16, "mdim": 16, "hidden": 8}
@@ -133,31 +133,6 @@ def one_step(dataset: FrameWindowDataset, compile: bool):
     return model, items, losses
 
 
-def host_side_scores(
-    model: LGNNet, frames: torch.Tensor, items: torch.Tensor, gamma: float
-) -> tuple[list[float], list[float], list[float], list[bool], torch.Tensor]:
-    """The test-time loop as the reference writes it, one window at a time, reading each
-    frame's point score back to the host and updating the memory there when it is below
-    gamma: PSNRs, distances, point scores, the update decisions and the final items."""
-    psnrs, distances, point_scores, updated = [], [], [], []
-    t_length = model.t_length
-    with torch.no_grad():
-        for start in range(frames.shape[0] - t_length + 1):
-            window = frames[start : start + t_length - 1].reshape(1, -1, *frames.shape[-2:])
-            out = model.infer_from_encoded(model.encode(window), items)
-            target = frames[start + t_length - 1 : start + t_length]
-            errors = ((out.prediction + 1) / 2 - (target + 1) / 2) ** 2
-            weights = 1 - torch.exp(-errors)
-            point = float((weights * errors).sum() / weights.sum())
-            psnrs.append(10 * math.log10(1 / float(errors.mean())))
-            distances.append(float(out.feature_distance))
-            point_scores.append(point)
-            updated.append(point < gamma)
-            if point < gamma:
-                items = update_memory(out.queries, items)
-    return psnrs, distances, point_scores, updated, items
-
-
 def test_the_device_side_gate_updates_exactly_where_the_host_side_loop_does() -> None:
     torch.manual_seed(3)
     model = LGNNet(t_length=3, **TINY).eval()
@@ -165,9 +140,9 @@ def test_the_device_side_gate_updates_exactly_where_the_host_side_loop_does() ->
     frames = torch.rand(14, 3, 16, 24, generator=torch.Generator().manual_seed(5)) * 2 - 1
     frames[6:] = frames[6:] * 0.2  # a calmer second half: lower errors, other point scores
     # gamma at the median point score of a pass without updates: some frames fall below it.
-    point_scores = host_side_scores(model, frames, items, gamma=-math.inf)[2]
+    point_scores = window_by_window_scores(model, frames, items, gamma=-math.inf)[2]
     gamma = float(np.median(point_scores))
-    psnr, distance, _, updated, final_items = host_side_scores(model, frames, items, gamma)
+    psnr, distance, _, updated, final_items = window_by_window_scores(model, frames, items, gamma)
     assert 0 < sum(updated) < len(updated)  # a mixed gate: both branches of torch.where
 
     scores = evaluate_video(model, frames, items, gamma, batch_size=1)
