@@ -74,6 +74,16 @@ def train_tiny(dataset_root: Path, output_root: Path, *extra: str) -> Path:
     return train.main(train.get_args_parser().parse_args(argv))
 
 
+def evaluate_run(dataset_root: Path, checkpoint: Path, *extra: str) -> dict:
+    """``evaluate.py`` in fp32 on ``<dataset_root>/ped2`` with ``checkpoint``; returns its
+    report."""
+    import evaluate
+
+    argv = ["--dataset_type", "ped2", "--dataset_path", str(dataset_root)]
+    argv += ["--checkpoint", str(checkpoint), "--precision", "fp32", *extra]
+    return evaluate.main(evaluate.get_args_parser().parse_args(argv))
+
+
 def stop_training_after(
     monkeypatch: pytest.MonkeyPatch, checks: int, signal_name: str = "SIGTERM"
 ) -> None:

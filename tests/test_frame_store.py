@@ -13,12 +13,12 @@ import cv2
 import numpy as np
 import pytest
 import torch
+from conftest import evaluate_run
 from torch.utils.data import DataLoader
 
 import data.decoding as decoding
 import data.frame_cache as frame_cache
 import data.frame_store as store_module
-import evaluate
 import train
 from common.errors import InputError
 from data.decoding import decode_frame
@@ -416,25 +416,10 @@ def test_train_and_evaluate_give_the_same_numbers_from_disk(
             "--msize", "4", *cache,
         ]  # fmt: skip
         run_dir = train.main(train.get_args_parser().parse_args(argv))
-        report = evaluate.main(
-            evaluate.get_args_parser().parse_args(
-                [
-                    "--dataset_type",
-                    "ped2",
-                    "--dataset_path",
-                    str(demo_root),
-                    "--checkpoint",
-                    str(run_dir / "checkpoint.pth"),
-                    "--precision",
-                    "fp32",
-                    "--frames",
-                    frames,
-                    *cache,
-                    "--scores",
-                    str(tmp_path / f"{frames}.csv"),
-                ]  # fmt: skip
-            )
-        )
+        report = evaluate_run(
+            demo_root, run_dir / "checkpoint.pth", "--frames", frames, *cache,
+            "--scores", str(tmp_path / f"{frames}.csv"),
+        )  # fmt: skip
         return run_dir, report
 
     memory_run, memory_report = run("memory", "0")
@@ -487,25 +472,8 @@ def test_a_frame_edited_with_its_size_and_mtime_kept_is_decoded_afresh(
 
     def scores(cache: Path) -> str:
         csv = tmp_path / "scores.csv"
-        evaluate.main(
-            evaluate.get_args_parser().parse_args(
-                [
-                    "--dataset_type",
-                    "ped2",
-                    "--dataset_path",
-                    str(root),
-                    "--checkpoint",
-                    str(checkpoint),
-                    "--precision",
-                    "fp32",
-                    "--frames",
-                    frames,
-                    "--cache_dir",
-                    str(cache),
-                    "--scores",
-                    str(csv),
-                ]  # fmt: skip
-            )
+        evaluate_run(
+            root, checkpoint, "--frames", frames, "--cache_dir", str(cache), "--scores", str(csv)
         )
         return csv.read_text()
 

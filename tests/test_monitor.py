@@ -12,9 +12,8 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import make_tiny_dataset, stop_training_after, train_tiny
+from conftest import evaluate_run, make_tiny_dataset, stop_training_after, train_tiny
 
-import evaluate
 from model import LGNNet, init_memory_items
 from training.monitor import (
     FixedWindows,
@@ -144,20 +143,7 @@ def test_interrupted_epoch_logs_the_whole_epoch_and_eval_every_matches_evaluate(
     assert record["steps"] == 6
 
     # --eval_every's AUC is evaluate.py's on the run's checkpoint (default flags).
-    report = evaluate.main(
-        evaluate.get_args_parser().parse_args(
-            [
-                "--dataset_type",
-                "ped2",
-                "--dataset_path",
-                str(small_dataset),
-                "--checkpoint",
-                str(straight / "checkpoint.pth"),
-                "--precision",
-                "fp32",
-            ]
-        )  # fmt: skip
-    )
+    report = evaluate_run(small_dataset, straight / "checkpoint.pth")
     assert record["auc"] == report["auc"] and record["auc_seconds"] > 0
     assert [v for _, v in scalars(straight, "epoch/auc")] == pytest.approx([report["auc"]])
     assert (straight / "samples" / "epoch_001.png").is_file()
