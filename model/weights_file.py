@@ -44,7 +44,7 @@ class WeightsFile(NamedTuple):
 
     config: ModelConfig  # the sizes to build at (stored or read off the tensors, then overrides)
     state: Mapping[str, torch.Tensor]  # flat state_dict with the reference release's names
-    items: torch.Tensor  # the stored memory items, checked by build_network
+    items: Any  # the stored memory items, checked by build_network (a tensor or refused)
     source: str  # the weights file, for messages
     items_source: str  # the items file (the checkpoint itself for ours)
     frame_size: tuple[int, int]  # (height, width) to score at, pixels
@@ -98,14 +98,8 @@ def read_checkpoint_weights(
             )
     stored = checkpoint_format.model_config(saved, str(path)).as_dict()
     config = ModelConfig(**{**stored, **(sizes or {})})
-    items = saved["items"]
-    if not isinstance(items, torch.Tensor):
-        raise InputError(
-            f"{path}: its 'items' entry is a {type(items).__name__}, not a tensor; the file "
-            "is damaged: use another checkpoint"
-        )
     size = trained or (height or FRAME_SIZE, width or FRAME_SIZE)
-    return WeightsFile(config, saved["model"], items, str(path), str(path), size, saved)
+    return WeightsFile(config, saved["model"], saved["items"], str(path), str(path), size, saved)
 
 
 def read_reference_weights(

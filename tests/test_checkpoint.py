@@ -445,3 +445,16 @@ def test_each_weights_file_is_read_once_on_a_one_way_path(
         assert len(calls["extract"]) == (0 if name == "ck.pth" else 1), name
         for key, value in network.state_dict().items():
             torch.testing.assert_close(loaded.model.state_dict()[key], value, rtol=0, atol=0)
+
+
+def test_a_checkpoint_whose_items_are_not_a_tensor_is_refused_not_opened(tmp_path: Path) -> None:
+    """A string in the items entry is reported as what it is, never taken for a file path."""
+    from model import checkpoint as checkpoint_format
+
+    saved = checkpoint_format.build(tiny_model(0), init_memory_items(4, 16), (16, 16))
+    saved["items"] = str(tmp_path / "elsewhere.pt")
+    checkpoint_format.write(saved, tmp_path / "ck.pth")
+    with pytest.raises(InputError) as error:
+        load_for_inference(tmp_path / "ck.pth")
+    message = one_line(error)
+    assert "ck.pth" in message and "expected a memory items tensor, found str" in message
